@@ -1,0 +1,26 @@
+"""usspectrum: FLOPs-accuracy spectra of universally slimmable networks."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .errors import USSpectrumError, UsageError
+from .flops import Cost, FlopCounter, count_flops
+from .models import create_model, list_models, register_model
+from .width import WidthConfig, WidthLike, make_divisible, parse_width_list
+
+__version__ = "0.1.0"
+
+
+def set_width(model: nn.Module, width: WidthLike) -> WidthConfig:
+    """Make ``model`` run at ``width``: a float, a :class:`WidthConfig` or its
+    string form (``"0.75@s5x0.6"``). Returns the config applied."""
+    if not hasattr(model, "set_width"):
+        raise UsageError(f"{type(model).__name__} is not a slimmable usspectrum model")
+    return model.set_width(width)
+
+
+__all__ = [
+    "Cost", "FlopCounter", "USSpectrumError", "UsageError", "WidthConfig",
+    "count_flops", "create_model", "list_models", "make_divisible",
+    "parse_width_list", "register_model", "set_width",
+]

@@ -1,0 +1,198 @@
+"""Slimmable layers: each runs on the first channels of its full-size weights.
+
+Input channel counts are read from the incoming tensor, so a depthwise conv
+follows its input automatically; only output counts are set from outside
+(by :meth:`usspectrum.models.base.SlimmableNet.set_width`).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .width import make_divisible
+
+
+class SlimConv2d(nn.Conv2d):
+    """Conv2d that uses ``weight[:out_active, :in]``.
+
+    A depthwise conv (``groups == in_channels == out_channels``) keeps as many
+    channels as it receives. ``average_output`` multiplies the output by
+    ``in_channels / active input channels`` (never for depthwise convs, whose
+    output channels each see one input channel)."""
+
+    def __init__(self, *args, average_output: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        if self.groups > 1 and not self.depthwise:
+            raise ValueError("SlimConv2d supports plain and depthwise convs only")
+        self.average_output = average_output and not self.depthwise
+        self.out_active: int | None = None
+
+    def active_shape(self, in_active: int) -> tuple[int, int, int]:
+        """(out channels, in channels per group, groups) for an input of ``in_active``."""
+        if self.depthwise:
+            return in_active, 1, in_active
+        out = self.out_channels if self.out_active is None else self.out_active
+        return out, in_active, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, in_per_group, groups = self.active_shape(x.shape[1])
+        weight = self.weight[:out, :in_per_group]
+        bias = None if self.bias is None else self.bias[:out]
+        y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+        if self.average_output and x.shape[1] != self.in_channels:
+            y = y * (self.in_channels / x.shape[1])
+        return y
+
+
+class SlimLinear(nn.Linear):
+    """Linear layer that reads as many input features as it receives."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.out_active: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.out_features if self.out_active is None else self.out_active
+        bias = None if self.bias is None else self.bias[:out]
+        return F.linear(x, self.weight[:out, : x.shape[1]], bias)
+
+
+class _Calibration:
+    """Cumulative (equal-weight) average of batch statistics, as
+    ``nn.BatchNorm2d(momentum=None)`` keeps it."""
+
+    def __init__(self) -> None:
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+        self.batches = 0
+
+
+class SlimBatchNormBase(nn.Module):
+    """BatchNorm over the first ``C`` channels with a store of calibrated
+    statistics per width config.
+
+    ``calibrated[key] = (mean, var)`` holds post-training statistics for the
+    width config whose string form is ``key``; in eval mode they are used
+    whenever the model runs at that config (``active_key``). Subclasses say
+    where the affine parameters and the training-time running statistics
+    come from."""
+
+    def __init__(self, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.calibrated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.active_key: str | None = None
+        self._calibration: _Calibration | None = None
+
+    # subclasses --------------------------------------------------------
+    def affine(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def running(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    # calibration --------------------------------------------------------
+    def start_calibration(self) -> None:
+        self._calibration = _Calibration()
+
+    def finish_calibration(self, key: str) -> None:
+        cal = self._calibration
+        self._calibration = None
+        if cal is None or cal.mean is None:
+            raise RuntimeError("calibration saw no batch: the calibration set is empty")
+        self.calibrated[key] = (cal.mean, cal.var)
+
+    @property
+    def calibrating(self) -> bool:
+        return self._calibration is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        weight, bias = self.affine(channels)
+        cal = self._calibration
+        if cal is not None:
+            if cal.mean is None:
+                cal.mean = torch.zeros(channels, device=x.device, dtype=x.dtype)
+                cal.var = torch.ones(channels, device=x.device, dtype=x.dtype)
+            cal.batches += 1
+            return F.batch_norm(x, cal.mean, cal.var, weight, bias, True,
+                                1.0 / cal.batches, self.eps)
+        if self.training:
+            mean, var = self.running(channels)
+            return F.batch_norm(x, mean, var, weight, bias, True, self.momentum, self.eps)
+        stats = self.calibrated.get(self.active_key) if self.active_key else None
+        if stats is not None and stats[0].shape[0] == channels:
+            mean, var = (t.to(x.device) for t in stats)
+        else:
+            mean, var = self.running(channels)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+
+class USBatchNorm2d(SlimBatchNormBase):
+    """Universally slimmable BN: one shared scale/bias of full size.
+
+    The full-size running statistics are those tracked during training (the
+    useful ones for a plain network at full width); US-Nets rely on the
+    calibrated store instead."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(eps, momentum)
+        self.num_features = num_features
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def affine(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight[:channels], self.bias[:channels]
+
+    def running(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.running_mean[:channels], self.running_var[:channels]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, shared affine, {len(self.calibrated)} calibrated widths"
+
+
+class SwitchableBatchNorm2d(SlimBatchNormBase):
+    """Private BN per switch (Slimmable Networks).
+
+    At a channel count between switches the nearest larger switch's BN is
+    used, sliced to the active channels; its statistics are then only a
+    fallback for calibrated ones."""
+
+    def __init__(self, num_features: int, switches: Sequence[float],
+                 eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(eps, momentum)
+        self.num_features = num_features
+        self.switches = tuple(sorted(switches))
+        self.switch_channels = [min(num_features, make_divisible(num_features * s))
+                                for s in self.switches]
+        self.bn = nn.ModuleList(nn.BatchNorm2d(c, eps=eps, momentum=momentum)
+                                for c in self.switch_channels)
+
+    def switch_index(self, channels: int) -> int:
+        for i, c in enumerate(self.switch_channels):
+            if c >= channels:
+                return i
+        return len(self.switch_channels) - 1
+
+    def affine(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.bn[self.switch_index(channels)]
+        return bn.weight[:channels], bn.bias[:channels]
+
+    def running(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.bn[self.switch_index(channels)]
+        return bn.running_mean[:channels], bn.running_var[:channels]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, switches={list(self.switches)}"
+
+
+def slim_batchnorms(model: nn.Module) -> Iterable[tuple[str, SlimBatchNormBase]]:
+    """All slimmable BN layers of ``model`` with their qualified names."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, SlimBatchNormBase))

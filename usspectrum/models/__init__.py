@@ -1,0 +1,6 @@
+"""Model families. Importing this package registers every builder."""
+from . import mobilenet_v1  # noqa: F401  (registers its builders)
+from .base import KINDS, SlimmableNet
+from .registry import create_model, list_models, register_model
+
+__all__ = ["KINDS", "SlimmableNet", "create_model", "list_models", "register_model"]

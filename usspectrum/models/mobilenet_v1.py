@@ -1,0 +1,140 @@
+"""MobileNet v1 in its three guises: universally slimmable (US), 4-switch
+slimmable (S) and plain (individually trained, still sliceable).
+
+Module names follow the US-Nets release (``features.{0..13}``,
+``features.{i}.body.{0,1,3,4}``, ``classifier.0``) so its checkpoints map
+onto this model key for key.
+
+Stems: ``imagenet`` (224x224 input, stem stride 2, last stage 7x7) and
+``cifar`` (32x32 input, stem stride 1, all other strides as on ImageNet, so
+the last stage runs at 2x2).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import UsageError
+from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from .base import SlimmableNet
+from .registry import register_model
+
+STEM_CHANNELS = 32
+# (channels, repeats, first stride) of the five stages
+STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2))
+STEMS = {"imagenet": (2, 224), "cifar": (1, 32)}
+DEFAULT_SWITCHES = (0.25, 0.5, 0.75, 1.0)
+
+BatchNormFactory = Callable[[int], nn.Module]
+
+
+class DepthwiseSeparable(nn.Module):
+    """3x3 depthwise + BN + ReLU6, then 1x1 pointwise + BN + ReLU6."""
+
+    def __init__(self, inp: int, out: int, stride: int, norm: BatchNormFactory,
+                 average_output: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            SlimConv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+            norm(inp),
+            nn.ReLU6(inplace=True),
+            SlimConv2d(inp, out, 1, 1, 0, bias=False, average_output=average_output),
+            norm(out),
+            nn.ReLU6(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class MobileNetV1(SlimmableNet):
+    """MobileNet v1 whose every layer can run on its first channels."""
+
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
+                 norm: BatchNormFactory = USBatchNorm2d,
+                 average_output: bool = False) -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise UsageError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+        if num_classes < 1:
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
+        stem_stride, self.default_image_size = STEMS[stem]
+        stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
+        layers: list[nn.Module] = [
+            nn.Sequential(stem_conv, norm(STEM_CHANNELS), nn.ReLU6(inplace=True))]
+        self.add_slot("features.0", stem_conv, stage=0)
+        inp = STEM_CHANNELS
+        for stage, (out, repeats, first_stride) in enumerate(STAGES, start=1):
+            for i in range(repeats):
+                block = DepthwiseSeparable(inp, out, first_stride if i == 0 else 1,
+                                           norm, average_output)
+                self.add_slot(f"features.{len(layers)}", block.body[3], stage)
+                layers.append(block)
+                inp = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(SlimLinear(inp, num_classes))
+        self.num_classes = num_classes
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _check_range(width_range: Sequence[float]) -> tuple[float, float]:
+    lo, hi = (float(v) for v in width_range)
+    if not (0 < lo <= 1 and 0 < hi <= 1):
+        raise UsageError(f"width range must lie in (0, 1], got {lo} {hi}")
+    if lo > hi:
+        raise UsageError(f"width range {lo} {hi} is inverted; give the smaller width first")
+    return lo, hi
+
+
+def _check_switches(switches: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(sorted(float(s) for s in switches))
+    if not values or any(not 0 < s <= 1 for s in values):
+        raise UsageError(f"switches must be widths in (0, 1], got {list(switches)}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"switches repeat a width: {list(switches)}")
+    return values
+
+
+@register_model
+def us_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
+                    width_range: Sequence[float] = (0.25, 1.0),
+                    average_output: bool = False) -> MobileNetV1:
+    """US-MobileNet v1: shared BN affine, runs at any width in ``width_range``."""
+    model = MobileNetV1(num_classes, stem, USBatchNorm2d, average_output)
+    model.kind, model.width_range = "us", _check_range(width_range)
+    return model
+
+
+@register_model
+def s_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
+                   switches: Sequence[float] = DEFAULT_SWITCHES) -> MobileNetV1:
+    """Slimmable MobileNet v1 with switchable BN, one private BN per switch."""
+    values = _check_switches(switches)
+    model = MobileNetV1(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values))
+    model.kind, model.switches = "slimmable", values
+    model.width_range = (values[0], values[-1])
+    return model
+
+
+@register_model
+def mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet") -> MobileNetV1:
+    """Plain MobileNet v1 1.0x (the individually trained baseline); narrower
+    widths slice its channels, which is how Figure 2 evaluates it."""
+    model = MobileNetV1(num_classes, stem, USBatchNorm2d)
+    model.kind, model.width_range = "individual", (1.0, 1.0)
+    return model
