@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,11 +12,16 @@ import pandas as pd
 from . import __version__
 from .errors import USSpectrumError, UsageError
 from .flops import flops_table
+from .calibrate import calibrate_checkpoint
 from .models import create_model, list_models
+from .plot import check_columns, plot_spectrum
 from .results import write_table
+from .sweep import CALIBRATION_MODES, SweepSettings
+from .sweep import sweep as run_sweep
 from .width import parse_width_list, stage_variants
 
 DEFAULT_WIDTHS = "0.25:1.0:0.025"
+DISPLAY = ["model", "width", "mflops", "params_m", "top1", "top5", "bn", "seconds"]
 
 
 class BadUsage(click.ClickException):
@@ -116,6 +122,150 @@ def flops(model_name: str, widths: str, image_size: int | None, stem: str, num_c
             raise UsageError("--stage and --ratio go together, e.g. --stage 5 --ratio 0.6")
         configs = configs + stage_variants(configs, parse_stages(stages, model.num_stages), ratio)
     emit(flops_table(model, configs, image_size), csv_path, as_json)
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def sweep_options(fn):
+    """Options shared by the commands that measure spectra."""
+    options = [
+        click.option("--data", required=True, type=click.Path(),
+                     help="ImageFolder root with train/ and val/, or a CIFAR-10 python folder."),
+        click.option("--widths", default=DEFAULT_WIDTHS, show_default=True,
+                     help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6."),
+        click.option("--calib-images", type=int, default=2000, show_default=True,
+                     help="Training images for BN calibration (seeded subset)."),
+        click.option("--eval-images", type=int, default=None,
+                     help="Cap the evaluation set (seeded subset) for quick looks."),
+        click.option("--batch-size", type=int, default=200, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--workers", type=int, default=None, help="Data-loading processes."),
+        click.option("--widths-per-pass", type=int, default=4, show_default=True,
+                     help="Widths calibrated/evaluated per pass over the data."),
+        click.option("--calibration", type=click.Choice(CALIBRATION_MODES), default="auto",
+                     show_default=True,
+                     help="auto: calibrate widths without stored statistics."),
+        click.option("--allow-extrapolate", is_flag=True,
+                     help="Allow widths outside the trained range."),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def settings_from(kw: dict) -> SweepSettings:
+    return SweepSettings(
+        calib_images=kw.pop("calib_images"), eval_images=kw.pop("eval_images"),
+        batch_size=kw.pop("batch_size"), seed=kw.pop("seed"), workers=kw.pop("workers"),
+        widths_per_pass=kw.pop("widths_per_pass"), calibration=kw.pop("calibration"),
+        allow_extrapolate=kw.pop("allow_extrapolate"), device=check_device(kw.pop("device")),
+        progress=not kw.pop("quiet"))
+
+
+def default_out(checkpoint: str, suffix: str) -> str:
+    return f"{Path(checkpoint).stem}-{suffix}.csv"
+
+
+@cli.command("sweep")
+@click.argument("checkpoint", type=click.Path())
+@sweep_options
+@click.option("-o", "--out", default=None, help="CSV to write/resume [default: CKPT-sweep.csv].")
+@click.option("--label", default=None, help="Name of this model in the CSV and plot.")
+@click.option("--no-plot", is_flag=True, help="Do not write the PNG/SVG plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: str | None,
+              no_plot: bool, as_json: bool, **kw) -> None:
+    """Calibrate BN, evaluate and count FLOPs at every width of CHECKPOINT.
+
+    Rows are appended to the CSV as they are measured; rerunning the same
+    command resumes after the rows already there.
+
+    \b
+    Examples:
+      usspectrum sweep us.pt --data ../shared/data/cifar10 --widths 0.25:1.0:0.025
+      usspectrum sweep us.pt --data DIR --widths 0.25,0.5,0.75,1.0 --eval-images 2000
+      usspectrum sweep us.pt --data DIR --widths 0.5@s5x0.6,0.75@s5x0.6 -o stage5.csv
+      usspectrum sweep individual.pt --data DIR --allow-extrapolate
+    """
+    settings = settings_from(kw)
+    out = out or default_out(checkpoint, "sweep")
+    try:
+        df = run_sweep(checkpoint, data, widths, out, settings=settings, label=label)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
+                                   "rerun the same command to resume") from None
+    if not no_plot:
+        paths = plot_spectrum(df, Path(out).with_suffix(""), title=df["model"].iloc[0])
+        click.echo(f"plot: {', '.join(map(str, paths))}", err=True)
+    emit(df[DISPLAY], None, as_json)
+    click.echo(f"results: {out}", err=True)
+
+
+@cli.command("calibrate")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, type=click.Path(),
+              help="ImageFolder root with train/, or a CIFAR-10 python folder.")
+@click.option("--widths", default=DEFAULT_WIDTHS, show_default=True)
+@click.option("-o", "--out", required=True, help="Checkpoint to write, with the statistics.")
+@click.option("--calib-images", type=int, default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=200, show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.option("--allow-extrapolate", is_flag=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_images: int,
+                  seed: int, batch_size: int, workers: int | None, allow_extrapolate: bool,
+                  device: str, quiet: bool) -> None:
+    """Store calibrated BN statistics per width in a new checkpoint, so later
+    sweeps at those widths skip calibration.
+
+    \b
+    Examples:
+      usspectrum calibrate us.pt --data ../shared/data/cifar10 -o us-cal.pt
+      usspectrum calibrate released.pt --data /imagenet --widths 0.3,0.45 -o cal.pt
+    """
+    keys = calibrate_checkpoint(checkpoint, data, widths, out, calib_images=calib_images,
+                                seed=seed, batch_size=batch_size, workers=workers,
+                                device=check_device(device),
+                                allow_extrapolate=allow_extrapolate, progress=not quiet)
+    click.echo(f"calibrated {len(keys)} widths on {calib_images} images; wrote {out}")
+
+
+@cli.command("plot")
+@click.argument("csvs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", required=True, help="Output path without suffix (PNG and SVG written).")
+@click.option("--x", "x", type=click.Choice(["mflops", "latency_ms"]), default="mflops",
+              show_default=True)
+@click.option("--title", default=None)
+def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None:
+    """Re-draw spectra from CSV files alone.
+
+    \b
+    Examples:
+      usspectrum plot us-sweep.csv s-sweep.csv -o figure2
+      usspectrum plot compare.csv -o compare --title "CIFAR-10"
+    """
+    frames = []
+    for path in csvs:
+        if not Path(path).is_file():
+            raise UsageError(f"CSV {path} does not exist")
+        try:
+            df = pd.read_csv(path, dtype={"width": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            raise UsageError(f"{path} is not a readable CSV") from None
+        check_columns(df, path, x)
+        frames.append(df)
+    paths = plot_spectrum(pd.concat(frames, ignore_index=True), out, x=x, title=title)
+    click.echo("wrote " + ", ".join(map(str, paths)))
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ class SlimBatchNormBase(nn.Module):
         self.momentum = momentum
         self.calibrated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.active_key: str | None = None
-        self._calibration: _Calibration | None = None
+        self._calibration: dict[str, _Calibration] | None = None
 
     # subclasses --------------------------------------------------------
     def affine(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,15 +97,21 @@ class SlimBatchNormBase(nn.Module):
         raise NotImplementedError
 
     # calibration --------------------------------------------------------
-    def start_calibration(self) -> None:
-        self._calibration = _Calibration()
+    def start_calibration(self, keys: Iterable[str]) -> None:
+        """Begin accumulating statistics for each width key in ``keys``; the
+        forward pass feeds the accumulator of ``active_key``."""
+        self._calibration = {k: _Calibration() for k in keys}
 
-    def finish_calibration(self, key: str) -> None:
-        cal = self._calibration
+    def finish_calibration(self) -> None:
+        """Store the accumulated statistics in :attr:`calibrated`."""
+        calibrations, self._calibration = self._calibration or {}, None
+        for key, cal in calibrations.items():
+            if cal.mean is None:
+                raise RuntimeError(f"calibration of width {key} saw no batch")
+            self.calibrated[key] = (cal.mean, cal.var)
+
+    def abort_calibration(self) -> None:
         self._calibration = None
-        if cal is None or cal.mean is None:
-            raise RuntimeError("calibration saw no batch: the calibration set is empty")
-        self.calibrated[key] = (cal.mean, cal.var)
 
     @property
     def calibrating(self) -> bool:
@@ -114,8 +120,8 @@ class SlimBatchNormBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         weight, bias = self.affine(channels)
-        cal = self._calibration
-        if cal is not None:
+        if self._calibration is not None:
+            cal = self._calibration[self.active_key]
             if cal.mean is None:
                 cal.mean = torch.zeros(channels, device=x.device, dtype=x.dtype)
                 cal.var = torch.ones(channels, device=x.device, dtype=x.dtype)

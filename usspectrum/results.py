@@ -48,3 +48,35 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     else:
         data = df.to_csv(index=False).encode()
     atomic_write_bytes(path, data)
+
+
+class RowWriter:
+    """Appends rows to a CSV as they are measured, so an interrupted run
+    keeps every finished row and a rerun can skip them."""
+
+    def __init__(self, path: str | os.PathLike, columns: list[str]) -> None:
+        self.path = ensure_writable(path)
+        self.columns = columns
+
+    def existing(self) -> pd.DataFrame:
+        """Rows already in the file (empty if there is none)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return pd.DataFrame(columns=self.columns)
+        try:
+            df = pd.read_csv(self.path, dtype={"width": str})
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise USSpectrumError(f"{self.path} exists but is not a readable CSV ({exc}); "
+                                  "move it away or choose another output") from None
+        missing = [c for c in ("width", "fingerprint") if c not in df.columns]
+        if missing:
+            raise USSpectrumError(f"{self.path} exists but was not written by this command "
+                                  f"(no {', '.join(missing)} column); choose another output")
+        return df
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        line = pd.DataFrame([row], columns=self.columns).to_csv(index=False, header=new)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())

@@ -31,6 +31,7 @@ class SlimmableNet(nn.Module):
         self.slots: list[LayerSlot] = []
         self._slot_convs: list[SlimConv2d] = []
         self.width_config = WidthConfig(1.0)
+        self.meta: dict = {}  # class names, preprocessing, training record (see checkpoint.py)
 
     def add_slot(self, name: str, conv: SlimConv2d, stage: int) -> None:
         self.slots.append(LayerSlot(name, conv.out_channels, stage))

@@ -1,0 +1,140 @@
+"""BatchNorm post-statistics per width (BN calibration).
+
+For each width: statistics are reset, the calibration images run through the
+network in BN-train mode with no gradients, and the *cumulative* average of
+the batch statistics is kept (``momentum=None`` semantics). Nothing else in
+the model changes. Many widths are calibrated in one pass: every batch runs
+through each width in turn, each width with its own accumulator.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .layers import slim_batchnorms
+from .width import WidthConfig, WidthLike
+
+BNStats = dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]
+
+
+def is_calibrated(model: nn.Module, width: WidthLike) -> bool:
+    """Whether every BN layer holds stored statistics for ``width``."""
+    key = str(WidthConfig.coerce(width))
+    bns = [bn for _, bn in slim_batchnorms(model)]
+    return bool(bns) and all(key in bn.calibrated for bn in bns)
+
+
+def calibrated_widths(model: nn.Module) -> list[str]:
+    """Width keys for which every BN layer holds statistics."""
+    sets = [set(bn.calibrated) for _, bn in slim_batchnorms(model)]
+    return sorted(set.intersection(*sets), key=_sort_key) if sets else []
+
+
+def _sort_key(key: str):
+    try:
+        return (0, float(key), key)
+    except ValueError:
+        return (1, 0.0, key)
+
+
+class Calibrator:
+    """Accumulates BN statistics for several widths over batches.
+
+    Use as ``with Calibrator(model, widths) as cal: for x in batches: cal.update(x)``;
+    statistics are stored on leaving the block without an error."""
+
+    def __init__(self, model: nn.Module, widths: Sequence[WidthLike]) -> None:
+        self.model = model
+        self.configs = [WidthConfig.coerce(w) for w in widths]
+        self.images = 0
+
+    def __enter__(self) -> "Calibrator":
+        self._was_training = self.model.training
+        self._previous = getattr(self.model, "width_config", WidthConfig(1.0))
+        self.model.eval()  # BN layers calibrate regardless; dropout etc. stay off
+        keys = [str(c) for c in self.configs]
+        for _, bn in slim_batchnorms(self.model):
+            bn.start_calibration(keys)
+        return self
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor) -> None:
+        for config in self.configs:
+            self.model.set_width(config)
+            self.model(images)
+        self.images += images.shape[0]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for _, bn in slim_batchnorms(self.model):
+            if exc_type is None:
+                bn.finish_calibration()
+            else:
+                bn.abort_calibration()
+        self.model.set_width(self._previous)
+        self.model.train(self._was_training)
+
+
+def calibrate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
+              device: str | torch.device | None = None) -> int:
+    """Calibrate BN statistics of ``model`` at every width over ``batches``
+    (tensors or ``(images, labels)`` pairs). Returns the number of images."""
+    device = device or next(model.parameters()).device
+    with Calibrator(model, widths) as cal:
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            cal.update(images.to(device, non_blocking=True))
+    return cal.images
+
+
+def get_bn_stats(model: nn.Module, widths: Iterable[str] | None = None) -> BNStats:
+    """``{width_key: {bn_name: (mean, var)}}`` of the stored statistics."""
+    keys = calibrated_widths(model) if widths is None else list(widths)
+    return {k: {name: tuple(t.detach().cpu() for t in bn.calibrated[k])
+                for name, bn in slim_batchnorms(model)} for k in keys}
+
+
+def set_bn_stats(model: nn.Module, stats: BNStats) -> None:
+    """Load statistics written by :func:`get_bn_stats`."""
+    bns = dict(slim_batchnorms(model))
+    for key, layers in stats.items():
+        missing = set(bns) - set(layers)
+        if missing:
+            raise ValueError(f"BN statistics of width {key} lack layers {sorted(missing)[:3]}")
+        for name, (mean, var) in layers.items():
+            bns[name].calibrated[key] = (mean, var)
+
+
+def clear_bn_stats(model: nn.Module) -> None:
+    for _, bn in slim_batchnorms(model):
+        bn.calibrated.clear()
+
+
+def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
+                         calib_images: int = 2000, seed: int = 0, batch_size: int = 200,
+                         workers: int | None = None, device: str = "cpu",
+                         allow_extrapolate: bool = False, progress: bool = True) -> list[str]:
+    """Calibrate ``checkpoint`` at ``widths`` on ``data``'s train split and
+    save a copy carrying the statistics to ``out``. Returns the width keys."""
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .data import check_classes, eval_transform, make_loader, open_split, seeded_subset
+    from .results import ensure_writable
+    from .sweep import resolve_widths
+
+    ensure_writable(out)
+    model = load_checkpoint(checkpoint, device=device)
+    configs = resolve_widths(model, widths, allow_extrapolate)
+    train = open_split(data, "train", eval_transform(model.meta["image"]))
+    check_classes(train, model.meta.get("class_names"), f"{data}/train")
+    subset = seeded_subset(train, calib_images, seed, "--calib-images")
+    loader = make_loader(subset, batch_size, workers)
+    batches = tqdm(loader, desc=f"calibrate {len(configs)} widths", unit="batch",
+                   disable=not progress)
+    calibrate(model, batches, configs, device)
+    record = dict(model.meta.get("train", {}))
+    record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data)}
+    save_checkpoint(model, out, train=record)
+    return [str(c) for c in configs]

@@ -1,0 +1,56 @@
+"""Top-1 / top-5 of one model at many widths, in one pass over the data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .width import WidthConfig, WidthLike
+
+
+@dataclass
+class Accuracy:
+    """Correct predictions counted over ``images``."""
+
+    top1_correct: int = 0
+    top5_correct: int = 0
+    images: int = 0
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * self.top1_correct / max(1, self.images)
+
+    @property
+    def top5(self) -> float:
+        return 100.0 * self.top5_correct / max(1, self.images)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(labels.view(-1, 1))
+        self.top1_correct += int(hits[:, 0].sum())
+        self.top5_correct += int(hits.any(dim=1).sum())
+        self.images += labels.numel()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
+             device: str | torch.device | None = None) -> dict[str, Accuracy]:
+    """Accuracy at each width; every batch is loaded once and run at all widths."""
+    device = device or next(model.parameters()).device
+    configs = [WidthConfig.coerce(w) for w in widths]
+    results = {str(c): Accuracy() for c in configs}
+    previous, was_training = model.width_config, model.training
+    model.eval()
+    try:
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            for config in configs:
+                model.set_width(config)
+                results[str(config)].add(model(images), labels)
+    finally:
+        model.set_width(previous)
+        model.train(was_training)
+    return results
