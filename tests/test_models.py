@@ -5,51 +5,9 @@ import torch
 import torch.nn as nn
 
 import usspectrum
-from usspectrum.layers import SlimConv2d, SwitchableBatchNorm2d, USBatchNorm2d
+from usspectrum.layers import SlimConv2d, SwitchableBatchNorm2d
 
-
-def randomize_bn(model):
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, USBatchNorm2d)):
-            n = m.weight.numel()
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-            assert m.running_mean.numel() == n
-
-
-def dense_bn(bn, c, switch=None):
-    src = bn.bn[switch] if isinstance(bn, SwitchableBatchNorm2d) else bn
-    out = nn.BatchNorm2d(c, eps=src.eps)
-    out.weight.data = src.weight[:c].clone()
-    out.bias.data = src.bias[:c].clone()
-    out.running_mean = src.running_mean[:c].clone()
-    out.running_var = src.running_var[:c].clone()
-    return out
-
-
-def dense_copy(model, channels, switch=None, average=False):
-    stem_conv, stem_bn = model.features[0][0], model.features[0][1]
-    conv = nn.Conv2d(3, channels[0], 3, stem_conv.stride, 1, bias=False)
-    conv.weight.data = stem_conv.weight[: channels[0]].clone()
-    layers = [conv, dense_bn(stem_bn, channels[0], switch), nn.ReLU6()]
-    for i, block in enumerate(model.features[1:], start=1):
-        cin, cout = channels[i - 1], channels[i]
-        dw, dbn, _, pw, pbn, _ = block.body
-        d = nn.Conv2d(cin, cin, 3, dw.stride, 1, groups=cin, bias=False)
-        d.weight.data = dw.weight[:cin].clone()
-        p = nn.Conv2d(cin, cout, 1, bias=False)
-        p.weight.data = pw.weight[:cout, :cin].clone()
-        if average:
-            p.weight.data *= pw.in_channels / cin
-        layers += [d, dense_bn(dbn, cin, switch), nn.ReLU6(), p, dense_bn(pbn, cout, switch), nn.ReLU6()]
-    fc = model.classifier[0]
-    lin = nn.Linear(channels[-1], fc.out_features)
-    lin.weight.data = fc.weight[:, : channels[-1]].clone()
-    lin.bias.data = fc.bias.clone()
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin).eval()
+from helpers import dense_copy, randomize_bn
 
 
 @pytest.mark.parametrize("name, width, switch", [

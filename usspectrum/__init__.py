@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .calibration import calibrate, calibrate_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ImageSpec
 from .errors import USSpectrumError, UsageError
+from .evaluate import evaluate
+from .plot import plot_spectrum
+from .spectrum import SweepSettings, sweep
 from .flops import Cost, FlopCounter, count_flops
 from .models import create_model, list_models, register_model
 from .width import WidthConfig, WidthLike, make_divisible, parse_width_list
@@ -20,7 +26,8 @@ def set_width(model: nn.Module, width: WidthLike) -> WidthConfig:
 
 
 __all__ = [
-    "Cost", "FlopCounter", "USSpectrumError", "UsageError", "WidthConfig",
-    "count_flops", "create_model", "list_models", "make_divisible",
-    "parse_width_list", "register_model", "set_width",
+    "Cost", "FlopCounter", "ImageSpec", "SweepSettings", "USSpectrumError", "UsageError",
+    "WidthConfig", "calibrate", "calibrate_checkpoint", "count_flops", "create_model",
+    "evaluate", "list_models", "load_checkpoint", "make_divisible", "parse_width_list",
+    "plot_spectrum", "register_model", "save_checkpoint", "set_width", "sweep",
 ]

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .calibrate import get_bn_stats, set_bn_stats
+from .calibration import get_bn_stats, set_bn_stats
 from .data import ImageSpec
 from .errors import USSpectrumError
 from .layers import USBatchNorm2d, slim_batchnorms

@@ -12,12 +12,12 @@ import pandas as pd
 from . import __version__
 from .errors import USSpectrumError, UsageError
 from .flops import flops_table
-from .calibrate import calibrate_checkpoint
+from .calibration import calibrate_checkpoint
 from .models import create_model, list_models
 from .plot import check_columns, plot_spectrum
 from .results import write_table
-from .sweep import CALIBRATION_MODES, SweepSettings
-from .sweep import sweep as run_sweep
+from .spectrum import CALIBRATION_MODES, SweepSettings
+from .spectrum import sweep as run_sweep
 from .width import parse_width_list, stage_variants
 
 DEFAULT_WIDTHS = "0.25:1.0:0.025"

@@ -122,7 +122,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     from .checkpoint import load_checkpoint, save_checkpoint
     from .data import check_classes, eval_transform, make_loader, open_split, seeded_subset
     from .results import ensure_writable
-    from .sweep import resolve_widths
+    from .spectrum import resolve_widths
 
     ensure_writable(out)
     model = load_checkpoint(checkpoint, device=device)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .calibrate import Calibrator, is_calibrated
+from .calibration import Calibrator, is_calibrated
 from .checkpoint import load_checkpoint
 from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset)
 from .errors import UsageError, USSpectrumError

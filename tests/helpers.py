@@ -1,0 +1,94 @@
+"""Test helpers: an independent dense MobileNet v1 and tiny image folders."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from usspectrum.layers import SwitchableBatchNorm2d, USBatchNorm2d
+
+
+def randomize_bn(model):
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, USBatchNorm2d)):
+            n = m.weight.numel()
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+            assert m.running_mean.numel() == n
+
+
+def dense_bn(bn, c, switch=None, stats=None):
+    """A plain BN of ``c`` channels from ``bn``'s first channels; ``stats``
+    ({id(bn): (mean, var)}) overrides the running statistics."""
+    src = bn.bn[switch] if isinstance(bn, SwitchableBatchNorm2d) else bn
+    out = nn.BatchNorm2d(c, eps=src.eps)
+    out.weight.data = src.weight[:c].clone()
+    out.bias.data = src.bias[:c].clone()
+    mean, var = (stats or {}).get(id(bn), (src.running_mean[:c], src.running_var[:c]))
+    out.running_mean = mean.clone()
+    out.running_var = var.clone()
+    return out
+
+
+def dense_copy(model, channels, switch=None, average=False, stats=None):
+    stem_conv, stem_bn = model.features[0][0], model.features[0][1]
+    conv = nn.Conv2d(3, channels[0], 3, stem_conv.stride, 1, bias=False)
+    conv.weight.data = stem_conv.weight[: channels[0]].clone()
+    layers = [conv, dense_bn(stem_bn, channels[0], switch, stats), nn.ReLU6()]
+    for i, block in enumerate(model.features[1:], start=1):
+        cin, cout = channels[i - 1], channels[i]
+        dw, dbn, _, pw, pbn, _ = block.body
+        d = nn.Conv2d(cin, cin, 3, dw.stride, 1, groups=cin, bias=False)
+        d.weight.data = dw.weight[:cin].clone()
+        p = nn.Conv2d(cin, cout, 1, bias=False)
+        p.weight.data = pw.weight[:cout, :cin].clone()
+        if average:
+            p.weight.data *= pw.in_channels / cin
+        layers += [d, dense_bn(dbn, cin, switch, stats), nn.ReLU6(), p, dense_bn(pbn, cout, switch, stats), nn.ReLU6()]
+    fc = model.classifier[0]
+    lin = nn.Linear(channels[-1], fc.out_features)
+    lin.weight.data = fc.weight[:, : channels[-1]].clone()
+    lin.bias.data = fc.bias.clone()
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin).eval()
+
+
+
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+def make_image_folder(root: Path, classes=CLASSES, per_class=4, size=32, seed=0) -> Path:
+    """A tiny ImageFolder tree (train/ and val/) of random PNG images."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+BASES = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+
+
+def hand_channels(ratios):
+    """Slot channels of MobileNet v1 by the facts file's rounding rule."""
+    from usspectrum import make_divisible
+
+    return [make_divisible(b * r) for b, r in zip(BASES, ratios)]
+
+
+def bn_sizes(width):
+    """{bn name: channels} of MobileNet v1 at a uniform width, by hand."""
+    ch = hand_channels([width] * 14)
+    sizes = {"features.0.1": ch[0]}
+    for k in range(1, 14):
+        sizes[f"features.{k}.body.1"] = ch[k - 1]
+        sizes[f"features.{k}.body.4"] = ch[k]
+    return sizes

@@ -1,0 +1,88 @@
+"""BN calibration: cumulative averages of batch statistics, nothing else touched."""
+import torch
+import torch.nn.functional as F
+
+import usspectrum
+from usspectrum.calibration import Calibrator, calibrate, get_bn_stats, is_calibrated
+from usspectrum.checkpoint import load_checkpoint, save_checkpoint
+
+from helpers import CLASSES, make_image_folder
+
+
+def tiny_model():
+    return usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=3).eval()
+
+
+def test_statistics_are_the_cumulative_average_of_batch_statistics():
+    model = tiny_model()
+    batches = [torch.randn(6, 3, 32, 32), torch.randn(10, 3, 32, 32) + 0.5]
+    calibrate(model, batches, [0.5])
+    mean, var = model.features[0][1].calibrated["0.5"]
+    stem = model.features[0][0]
+    means, variances = [], []
+    for x in batches:  # stem conv output at width 0.5 (16 channels), by hand
+        y = F.conv2d(x, stem.weight[:16], stride=1, padding=1)
+        means.append(y.mean(dim=(0, 2, 3)))
+        variances.append(y.transpose(0, 1).reshape(16, -1).var(dim=1, unbiased=True))
+    torch.testing.assert_close(mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(var, torch.stack(variances).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_changes_nothing_but_the_store():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.set_width(0.7)
+    calibrate(model, [torch.randn(4, 3, 32, 32)], [0.3, 0.5])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert str(model.width_config) == "0.7" and not model.training
+    assert is_calibrated(model, 0.3) and is_calibrated(model, 0.5) and not is_calibrated(model, 0.7)
+
+
+def test_many_widths_in_one_pass_equal_one_width_at_a_time():
+    batches = [torch.randn(5, 3, 32, 32) for _ in range(3)]
+    joint, single = tiny_model(), tiny_model()
+    single.load_state_dict(joint.state_dict())
+    calibrate(joint, batches, [0.25, 0.6, 1.0])
+    for w in (0.25, 0.6, 1.0):
+        calibrate(single, batches, [w])
+    a, b = get_bn_stats(joint), get_bn_stats(single)
+    for key in a:
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name][0], b[key][name][0])
+            torch.testing.assert_close(a[key][name][1], b[key][name][1])
+
+
+def test_calibrated_width_is_used_in_eval_and_interrupt_keeps_nothing_half():
+    model = tiny_model()
+    x = torch.randn(4, 3, 32, 32)
+    model.set_width(0.5)
+    with torch.no_grad():
+        plain = model(x)
+    try:
+        with Calibrator(model, [0.5]) as cal:
+            cal.update(x)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert not is_calibrated(model, 0.5)
+    calibrate(model, [x], [0.5])
+    with torch.no_grad():
+        assert not torch.allclose(model(x), plain)
+
+
+def test_same_seed_gives_identical_statistics(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    model = tiny_model()
+    save_checkpoint(model, tmp_path / "m.pt", class_names=CLASSES)
+    for name in ("a.pt", "b.pt"):
+        usspectrum.calibrate_checkpoint(str(tmp_path / "m.pt"), str(data), "0.25,0.5",
+                                        str(tmp_path / name), calib_images=10, seed=3,
+                                        batch_size=4, workers=0, progress=False)
+    a = get_bn_stats(load_checkpoint(tmp_path / "a.pt"))
+    b = get_bn_stats(load_checkpoint(tmp_path / "b.pt"))
+    assert set(a) == {"0.25", "0.5"}
+    for key in a:
+        for name in a[key]:
+            assert torch.equal(a[key][name][0], b[key][name][0])
+            assert torch.equal(a[key][name][1], b[key][name][1])

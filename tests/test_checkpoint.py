@@ -1,0 +1,131 @@
+"""Checkpoint formats: usspectrum's own and the authors' release layout."""
+import pickle
+
+import pytest
+import torch
+
+import usspectrum
+from usspectrum.calibration import is_calibrated
+from usspectrum.checkpoint import load_checkpoint, save_checkpoint
+from usspectrum.errors import USSpectrumError
+from usspectrum.layers import slim_batchnorms
+
+from helpers import bn_sizes, dense_copy, hand_channels, randomize_bn
+
+RELEASE_WIDTHS = [0.25 + 0.025 * i for i in range(31)]
+
+
+def release_us_state(model):
+    """A state dict in the US-MobileNet v1 release layout, with random
+    per-width statistics of the sizes the facts file implies."""
+    g = torch.Generator().manual_seed(1)
+    state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()
+             if not k.endswith(("running_mean", "running_var"))}
+    stats = {}
+    for i, w in enumerate(RELEASE_WIDTHS):
+        for name, c in bn_sizes(w).items():
+            mean = torch.randn(c, generator=g) * 0.2
+            var = torch.rand(c, generator=g) + 0.5
+            state[f"module.{name}.bn.{i}.running_mean"] = mean
+            state[f"module.{name}.bn.{i}.running_var"] = var
+            state[f"module.{name}.bn.{i}.num_batches_tracked"] = torch.tensor(100)
+            stats[(i, name)] = (mean, var)
+    return state, stats
+
+
+def test_release_us_checkpoint_gives_the_release_models_logits(tmp_path):
+    source = usspectrum.create_model("us_mobilenet_v1").eval()
+    randomize_bn(source)
+    state, stats = release_us_state(source)
+    path = tmp_path / "us_release.pt"
+    torch.save({"model": state}, path)
+
+    model = load_checkpoint(path)
+    assert model.kind == "us" and model.meta["source"] == "release"
+    x = torch.randn(2, 3, 224, 224)
+    for index in (0, 10, 30):  # widths 0.25, 0.5, 1.0
+        width = RELEASE_WIDTHS[index]
+        assert is_calibrated(model, width)
+        usspectrum.set_width(model, width)
+        modules = dict(slim_batchnorms(model))
+        override = {id(modules[name]): stats[(index, name)] for name in bn_sizes(width)}
+        reference = dense_copy(model, hand_channels([width] * 14), stats=override)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert not is_calibrated(model, 0.31)  # other widths stay calibratable
+
+
+def test_release_snet_checkpoint(tmp_path):
+    source = usspectrum.create_model("s_mobilenet_v1", stem="cifar", num_classes=10).eval()
+    randomize_bn(source)
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}},
+               tmp_path / "s.pt")
+    model = load_checkpoint(tmp_path / "s.pt", stem="cifar")
+    assert model.kind == "slimmable" and model.switches == (0.25, 0.5, 0.75, 1.0)
+    usspectrum.set_width(model, 0.75)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dense_copy(model, hand_channels([0.75] * 14), 2)(x),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_own_format_round_trip_keeps_metadata_and_bn_stats(tmp_path):
+    model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=3).eval()
+    randomize_bn(model)
+    with usspectrum.calibration.Calibrator(model, [0.5]) as cal:
+        cal.update(torch.randn(8, 3, 32, 32))
+    save_checkpoint(model, tmp_path / "m.pt", class_names=["a", "b", "c"],
+                    train={"epochs": 3, "seed": 7})
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.meta["class_names"] == ["a", "b", "c"] and loaded.meta["train"]["seed"] == 7
+    assert loaded.meta["image"].image_size == 32 and is_calibrated(loaded, 0.5)
+    x = torch.randn(2, 3, 32, 32)
+    for w in (0.5, 0.8):
+        model.set_width(w), loaded.set_width(w)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), loaded(x))
+
+
+def test_wrong_architecture_names_missing_and_unexpected_keys(tmp_path):
+    state = usspectrum.create_model("s_mobilenet_v1", num_classes=10).state_dict()
+    del state["features.3.body.3.weight"]
+    state["features.14.weight"] = torch.zeros(1)
+    torch.save({"model": state}, tmp_path / "bad.pt")
+    with pytest.raises(USSpectrumError) as err:
+        load_checkpoint(tmp_path / "bad.pt")
+    message = str(err.value)
+    assert "features.3.body.3.weight" in message and "features.14.weight" in message
+
+
+def test_wrong_statistics_size_is_refused(tmp_path):
+    source = usspectrum.create_model("us_mobilenet_v1")
+    state, _ = release_us_state(source)
+    state["module.features.0.1.bn.5.running_mean"] = torch.zeros(3)
+    torch.save({"model": state}, tmp_path / "bad.pt")
+    with pytest.raises(USSpectrumError, match="features.0.1 at width 0.375"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this ran code",))
+
+
+def test_pickle_that_needs_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"model": Evil()}, fh)
+    with pytest.raises(USSpectrumError, match="must not run code"):
+        load_checkpoint(path)
+    assert "this ran code" not in capsys.readouterr().out
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(USSpectrumError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(USSpectrumError, match="corrupt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(USSpectrumError, match="not a dict"):
+        load_checkpoint(tmp_path / "list.pt")
