@@ -18,6 +18,8 @@ from .plot import check_columns, plot_spectrum
 from .results import write_table
 from .spectrum import CALIBRATION_MODES, SweepSettings
 from .spectrum import sweep as run_sweep
+from .training import TrainConfig
+from .training import train as run_train
 from .width import parse_width_list, stage_variants
 
 DEFAULT_WIDTHS = "0.25:1.0:0.025"
@@ -266,6 +268,77 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
         frames.append(df)
     paths = plot_spectrum(pd.concat(frames, ignore_index=True), out, x=x, title=title)
     click.echo("wrote " + ", ".join(map(str, paths)))
+
+
+@cli.command("train")
+@click.option("--kind", required=True, help="us, slimmable or individual.")
+@click.option("--model", "model_name", default="mobilenet_v1", show_default=True,
+              help="Model family (the kind picks us_/s_/plain).")
+@click.option("--data", required=True, help="ImageFolder root with train/ and val/, or 'digits'.")
+@click.option("-o", "--out", required=True, help="Checkpoint to write (saved after every epoch).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True,
+              help="Not applied to depthwise convs, BN and biases.")
+@click.option("--schedule", type=click.Choice(["cosine", "linear"]), default="cosine",
+              show_default=True)
+@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--num-sample", type=int, default=4, show_default=True,
+              help="US sandwich size: largest, smallest and n-2 random widths.")
+@click.option("--width-range", type=float, nargs=2, default=(0.25, 1.0), show_default=True)
+@click.option("--inplace-distill/--no-inplace-distill", default=True, show_default=True)
+@click.option("--nonuniform", is_flag=True, help="Random sandwich members draw a width per layer.")
+@click.option("--switches", type=float, multiple=True, default=(0.25, 0.5, 0.75, 1.0),
+              show_default=True, help="S-Net widths (repeat the option).")
+@click.option("--image-size", type=int, default=None, help="Input size [default: the images'].")
+@click.option("--stem", type=click.Choice(["imagenet", "cifar"]), default=None,
+              help="[default: cifar below 64 px]")
+@click.option("--no-flip", is_flag=True, help="No horizontal flips (e.g. for digits).")
+@click.option("--train-images", type=int, default=None, help="Train on a seeded subset.")
+@click.option("--val-images", type=int, default=1000, show_default=True)
+@click.option("--calib-images", type=int, default=500, show_default=True,
+              help="BN calibration images for the per-epoch check of US-Nets.")
+@click.option("--eval-every", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@click.option("--resume", is_flag=True, help="Continue OUT from its last finished epoch.")
+@click.option("--quiet", is_flag=True)
+def train_cmd(**kw) -> None:
+    """Train a US-Net (sandwich rule, inplace distillation), a slimmable
+    S-Net (all switches, switchable BN) or an individual baseline.
+
+    \b
+    Examples:
+      usspectrum train --kind us --nonuniform --data ../shared/data/cifar10 -o us.pt
+      usspectrum train --kind slimmable --switches 0.25 --switches 0.5 --switches 0.75 \\
+          --switches 1.0 --data ../shared/data/cifar10 -o s.pt
+      usspectrum train --kind individual --data digits --image-size 16 --no-flip -o ind.pt
+      usspectrum train --kind us --data DIR -o us.pt --resume
+    """
+    config = TrainConfig(
+        kind=kw["kind"], model=kw["model_name"], data=kw["data"], out=kw["out"],
+        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], momentum=kw["momentum"],
+        weight_decay=kw["weight_decay"], schedule=kw["schedule"],
+        warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
+        num_sample=kw["num_sample"], width_range=tuple(kw["width_range"]),
+        inplace_distill=kw["inplace_distill"], nonuniform=kw["nonuniform"],
+        switches=tuple(kw["switches"]), image_size=kw["image_size"], stem=kw["stem"],
+        flip=not kw["no_flip"], train_images=kw["train_images"], val_images=kw["val_images"],
+        calib_images=kw["calib_images"], eval_every=kw["eval_every"], seed=kw["seed"],
+        device=check_device(kw["device"]), workers=kw["workers"], threads=kw["threads"],
+        resume=kw["resume"], progress=not kw["quiet"])
+    try:
+        result = run_train(config)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; {config.out} holds the last finished epoch; "
+                                   "rerun with --resume to continue") from None
+    click.echo(result.log.to_string(index=False))
+    click.echo(f"checkpoint: {result.checkpoint}", err=True)
 
 
 def main() -> None:

@@ -64,16 +64,29 @@ def eval_transform(spec: ImageSpec) -> transforms.Compose:
                                        transforms.Normalize(spec.mean, spec.std)])
 
 
-def train_transform(spec: ImageSpec) -> transforms.Compose:
+def train_transform(spec: ImageSpec, flip: bool = True) -> transforms.Compose:
     """Standard augmentation: random-resized crop + flip for ImageNet-size
-    inputs, 4-pixel padded random crop + flip for small ones."""
+    inputs, padded random crop (1/8 of the side) + flip for small ones."""
     if spec.resize is not None:
         steps = [transforms.RandomResizedCrop(spec.image_size)]
     else:
         steps = [transforms.Resize((spec.image_size, spec.image_size)),
                  transforms.RandomCrop(spec.image_size, padding=spec.image_size // 8)]
-    return transforms.Compose(steps + [transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    return transforms.Compose(steps + [transforms.ToTensor(),
                                        transforms.Normalize(spec.mean, spec.std)])
+
+
+def first_image_size(dataset: Dataset) -> int:
+    """Side length of the first image (used to pick a model's input size)."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    transform, base.transform = base.transform, None
+    try:
+        image = base[0][0]
+    finally:
+        base.transform = transform
+    return max(image.size)
 
 
 def _cifar_root(root: Path) -> Path | None:
@@ -84,10 +97,55 @@ def _cifar_root(root: Path) -> Path | None:
     return None
 
 
+class ArrayImages(Dataset):
+    """Images held in memory as uint8 arrays (N, H, W, 3), served as PIL
+    images so the usual transforms apply."""
+
+    def __init__(self, images, labels, classes: list[str], transform=None) -> None:
+        self.images, self.labels, self.classes = images, list(map(int, labels)), classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+DIGITS_VAL_FRACTION = 0.25
+
+
+def digits_split(split: str, transform=None) -> ArrayImages:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 images, no
+    download): a fixed, class-stratified 75/25 train/val split."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    rgb = np.repeat(pixels[..., None], 3, axis=-1)
+    rng = np.random.default_rng(0)
+    val = np.zeros(len(digits.target), dtype=bool)
+    for label in range(10):
+        idx = np.flatnonzero(digits.target == label)
+        val[rng.choice(idx, int(round(len(idx) * DIGITS_VAL_FRACTION)), replace=False)] = True
+    keep = val if split == "val" else ~val
+    return ArrayImages(rgb[keep], digits.target[keep], [str(i) for i in range(10)], transform)
+
+
+BUILTIN_DATA = {"digits": digits_split}
+
+
 def open_split(root: str | os.PathLike, split: str, transform=None) -> Dataset:
-    """The ``train`` or ``val`` split of the data set at ``root``."""
+    """The ``train`` or ``val`` split of the data set at ``root`` (a folder,
+    or the name of a built-in data set: ``digits``)."""
     if split not in SPLITS:
         raise UsageError(f"split must be one of {SPLITS}, got {split!r}")
+    if str(root) in BUILTIN_DATA and not Path(root).exists():
+        return BUILTIN_DATA[str(root)](split, transform)
     root = Path(root)
     if not root.exists():
         raise UsageError(f"data folder {root} does not exist; point --data at a folder "

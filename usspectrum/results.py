@@ -54,20 +54,22 @@ class RowWriter:
     """Appends rows to a CSV as they are measured, so an interrupted run
     keeps every finished row and a rerun can skip them."""
 
-    def __init__(self, path: str | os.PathLike, columns: list[str]) -> None:
+    def __init__(self, path: str | os.PathLike, columns: list[str],
+                 required: tuple[str, ...] = ("width", "fingerprint")) -> None:
         self.path = ensure_writable(path)
         self.columns = columns
+        self.required = required
 
     def existing(self) -> pd.DataFrame:
         """Rows already in the file (empty if there is none)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return pd.DataFrame(columns=self.columns)
         try:
-            df = pd.read_csv(self.path, dtype={"width": str})
+            df = pd.read_csv(self.path, dtype={"width": str} if "width" in self.columns else None)
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise USSpectrumError(f"{self.path} exists but is not a readable CSV ({exc}); "
                                   "move it away or choose another output") from None
-        missing = [c for c in ("width", "fingerprint") if c not in df.columns]
+        missing = [c for c in self.required if c not in df.columns]
         if missing:
             raise USSpectrumError(f"{self.path} exists but was not written by this command "
                                   f"(no {', '.join(missing)} column); choose another output")

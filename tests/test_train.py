@@ -1,0 +1,188 @@
+"""Training: the sandwich rule, inplace distillation, nonuniform widths,
+weight decay groups, exact resume and bad input."""
+import random
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+import usspectrum
+import usspectrum.training as train_module
+from usspectrum.cli import cli
+from usspectrum.errors import UsageError
+from usspectrum.layers import SlimBatchNormBase, SlimConv2d
+from usspectrum.training import SandwichSampler, param_groups, us_step
+from usspectrum.width import WidthConfig
+
+from helpers import make_image_folder
+
+
+def tiny():
+    return usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=3)
+
+
+def test_sandwich_has_largest_smallest_and_random_middles():
+    sampler = SandwichSampler((0.25, 1.0), 4, 14, False, random.Random(0))
+    draws = [sampler.draw() for _ in range(20)]
+    for widths in draws:
+        assert len(widths) == 4 and str(widths[0]) == "1.0" and str(widths[1]) == "0.25"
+        assert all(0.25 <= w.width <= 1.0 for w in widths[2:])
+    middles = {str(w) for widths in draws for w in widths[2:]}
+    assert len(middles) == 40  # every random member differs
+
+
+def test_nonuniform_draws_a_width_per_layer():
+    widths = SandwichSampler((0.25, 1.0), 3, 14, True, random.Random(0)).draw()
+    ratios = widths[2].layer_ratios
+    assert len(ratios) == 14 and len(set(ratios)) == 14
+    assert all(0.25 <= r <= 1.0 for r in ratios)
+    assert widths[0].is_uniform and widths[1].is_uniform
+
+
+def test_us_step_runs_every_sandwich_width_in_order():
+    model = tiny().train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, i: seen.append(str(m.width_config)))
+    widths = [WidthConfig(1.0), WidthConfig(0.25), WidthConfig(0.6), WidthConfig(0.4)]
+    us_step(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), widths,
+            torch.nn.CrossEntropyLoss(), True)
+    assert seen == ["1.0", "0.25", "0.6", "0.4"]
+
+
+def test_inplace_distillation_uses_detached_soft_targets_of_the_full_width():
+    model = tiny().train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = us_step(model, x, y, [WidthConfig(1.0), WidthConfig(0.25)],
+                     torch.nn.CrossEntropyLoss(), True)
+    got = [p.grad.clone() for p in model.parameters()]
+
+    # By hand: CE on labels at 1.0, plus CE of the 0.25 net against the
+    # full net's probabilities treated as constants.
+    model.load_state_dict(state)
+    model.zero_grad()
+    model.set_width(1.0)
+    full = model(x)
+    teacher = F.softmax(full, dim=1).detach()
+    model.set_width(0.25)
+    small = model(x)
+    student = -(teacher * F.log_softmax(small, dim=1)).sum(1).mean()
+    (F.cross_entropy(full, y) + student).backward()
+    for a, p in zip(got, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+    assert losses[1] == pytest.approx(student.item(), rel=1e-5)
+
+
+def test_without_distillation_every_width_learns_from_labels():
+    model = tiny().train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = us_step(model, x, y, [WidthConfig(1.0), WidthConfig(0.25)],
+                     torch.nn.CrossEntropyLoss(), False)
+    model.load_state_dict(state)
+    model.set_width(0.25)
+    assert losses[1] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["us_mobilenet_v1", "s_mobilenet_v1"])
+def test_no_weight_decay_on_depthwise_convs_and_bn(name):
+    model = usspectrum.create_model(name, stem="cifar", num_classes=3)
+    decay, no_decay = param_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    exempt = {id(p) for p in no_decay["params"]}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            is_dw_or_bn = (isinstance(module, (SlimBatchNormBase, torch.nn.BatchNorm2d))
+                           or (isinstance(module, SlimConv2d) and module.depthwise))
+            if is_dw_or_bn:
+                assert id(p) in exempt
+    pointwise = model.features[1].body[3].weight
+    assert id(pointwise) not in exempt and id(model.classifier[0].weight) not in exempt
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+FAST = dict(epochs=2, batch_size=8, image_size=16, val_images=6, calib_images=6,
+            workers=0, progress=False, warmup_epochs=0.5)
+
+
+@pytest.mark.parametrize("kind", ["us", "slimmable", "individual"])
+def test_interrupted_run_resumed_matches_the_uninterrupted_one(tmp_path, monkeypatch, kind):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=16)
+    opts = dict(kind=kind, data=str(data), nonuniform=kind == "us", **FAST)
+    whole = usspectrum.train(out=str(tmp_path / "whole.pt"), **opts)
+
+    step_name = {"us": "us_step", "slimmable": "slimmable_step", "individual": "individual_step"}[kind]
+    real, calls = getattr(train_module, step_name), []
+
+    def crash(*args, **kw):
+        calls.append(1)
+        if len(calls) == 5:  # in the second epoch (3 steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, step_name, crash)
+    with pytest.raises(KeyboardInterrupt):
+        usspectrum.train(out=str(tmp_path / "split.pt"), **opts)
+    assert usspectrum.load_checkpoint(tmp_path / "split.pt").meta["train"]["epochs_done"] == 1
+    monkeypatch.setattr(train_module, step_name, real)
+    resumed = usspectrum.train(out=str(tmp_path / "split.pt"), resume=True, **opts)
+
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert list(resumed.log.epoch) == [1, 2]
+    pd.testing.assert_series_equal(whole.log.loss, resumed.log.loss, rtol=1e-4)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4, size=16)
+    usspectrum.train(kind="us", data=str(data), out=str(tmp_path / "m.pt"), **{**FAST, "epochs": 1})
+    with pytest.raises(UsageError, match="another config: num_sample"):
+        usspectrum.train(kind="us", data=str(data), out=str(tmp_path / "m.pt"), resume=True,
+                         num_sample=3, **{**FAST, "epochs": 1})
+
+
+def test_checkpoint_describes_itself(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4, size=16)
+    usspectrum.train(kind="slimmable", data=str(data), out=str(tmp_path / "s.pt"),
+                     switches=(0.5, 1.0), **{**FAST, "epochs": 1})
+    model = usspectrum.load_checkpoint(tmp_path / "s.pt")
+    assert model.kind == "slimmable" and model.switches == (0.5, 1.0)
+    assert model.meta["class_names"] == ["ant", "bee", "cat"]
+    assert model.meta["image"].image_size == 16
+    recipe = model.meta["train"]["recipe"]
+    assert recipe["kind"] == "slimmable" and recipe["seed"] == 0 and recipe["epochs"] == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--kind", "big"], "unknown kind"),
+    (["--kind", "slimmable", "--switches", "0", "--switches", "1"], "(0, 1]"),
+    (["--kind", "us", "--width-range", "0.9", "0.3"], "inverted"),
+    (["--kind", "us", "--resume"], "does not exist yet"),
+])
+def test_bad_training_input_is_one_line(tmp_path, args, needle):
+    data = make_image_folder(tmp_path / "data", per_class=1, size=16)
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "-o", str(tmp_path / "m.pt"),
+                                      "--quiet", *args])
+    assert result.exit_code in (1, 2)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.output
+
+
+def test_data_without_train_folder(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--kind", "us", "--data", str(tmp_path),
+                                      "-o", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2 and "no train/ folder" in result.output
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_short_cifar10_run_beats_chance_at_both_ends(cifar_root, tmp_path):
+    result = usspectrum.train(kind="us", data=str(cifar_root), out=str(tmp_path / "us.pt"),
+                              epochs=3, batch_size=64, lr=0.1, image_size=16, train_images=1500,
+                              val_images=500, calib_images=500, warmup_epochs=0.3,
+                              workers=0, progress=False)
+    last = result.log.iloc[-1]
+    assert last.top1_smallest > 20 and last.top1_largest > 20, result.log
