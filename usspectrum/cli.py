@@ -13,6 +13,9 @@ from . import __version__
 from .errors import USSpectrumError, UsageError
 from .flops import flops_table
 from .calibration import calibrate_checkpoint
+from .compare import compare as run_compare
+from .compare import slim_stage as run_slim_stage
+from .demo import run_demo
 from .models import create_model, list_models
 from .plot import check_columns, plot_spectrum
 from .results import write_table
@@ -296,6 +299,8 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
 @click.option("--image-size", type=int, default=None, help="Input size [default: the images'].")
 @click.option("--stem", type=click.Choice(["imagenet", "cifar"]), default=None,
               help="[default: cifar below 64 px]")
+@click.option("--repeats", type=int, nargs=5, default=None,
+              help="Blocks per stage for a shallower net [default: the paper's 1 2 2 6 2].")
 @click.option("--no-flip", is_flag=True, help="No horizontal flips (e.g. for digits).")
 @click.option("--train-images", type=int, default=None, help="Train on a seeded subset.")
 @click.option("--val-images", type=int, default=1000, show_default=True)
@@ -328,6 +333,7 @@ def train_cmd(**kw) -> None:
         num_sample=kw["num_sample"], width_range=tuple(kw["width_range"]),
         inplace_distill=kw["inplace_distill"], nonuniform=kw["nonuniform"],
         switches=tuple(kw["switches"]), image_size=kw["image_size"], stem=kw["stem"],
+        repeats=tuple(kw["repeats"]) if kw["repeats"] else None,
         flip=not kw["no_flip"], train_images=kw["train_images"], val_images=kw["val_images"],
         calib_images=kw["calib_images"], eval_every=kw["eval_every"], seed=kw["seed"],
         device=check_device(kw["device"]), workers=kw["workers"], threads=kw["threads"],
@@ -339,6 +345,97 @@ def train_cmd(**kw) -> None:
                                    "rerun with --resume to continue") from None
     click.echo(result.log.to_string(index=False))
     click.echo(f"checkpoint: {result.checkpoint}", err=True)
+
+
+@cli.command("compare")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@sweep_options
+@click.option("-o", "--out", default="compare", show_default=True,
+              help="Folder for per-model CSVs, compare.csv and compare.png/svg.")
+@click.option("--label", "labels", multiple=True, help="One name per checkpoint (repeat).")
+@click.option("--no-plot", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def compare_cmd(checkpoints, data, widths, out, labels, no_plot, as_json, **kw) -> None:
+    """Sweep several checkpoints at the same widths and plot them together
+    (the seed's Figure 2). Every width is BN-calibrated; an S-Net between its
+    switches uses the next larger switch's BN scale/bias, sliced, with fresh
+    statistics; its trained switches are circled in the plot.
+
+    \b
+    Examples:
+      usspectrum compare us.pt s.pt individual.pt --data ../shared/data/cifar10 -o fig2
+      usspectrum compare a.pt b.pt --data DIR --widths 0.25:1.0:0.05 --label A --label B
+    """
+    settings = settings_from(kw)
+    settings.allow_extrapolate = True
+    try:
+        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; finished rows are kept in {out}/; "
+                                   "rerun the same command to resume") from None
+    emit(df[DISPLAY], None, as_json)
+    click.echo(f"results: {Path(out) / 'compare.csv'}", err=True)
+
+
+@cli.command("slim-stage")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--stage", "stages", multiple=True, required=True,
+              help="Stage 1-5 to slim, repeatable, or 'all'.")
+@click.option("--ratio", type=float, default=0.6, show_default=True,
+              help="Extra width ratio for that stage, in (0, 1].")
+@sweep_options
+@click.option("-o", "--out", default=None, help="CSV [default: CKPT-slim-stage.csv].")
+@click.option("--no-plot", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_json, **kw) -> None:
+    """The uniform spectrum plus the spectrum with --ratio on single stages
+    (the seed's Figure 1). Meant for a nonuniform-trained US-Net.
+
+    \b
+    Examples:
+      usspectrum slim-stage us.pt --stage 5 --ratio 0.6 --data ../shared/data/cifar10
+      usspectrum slim-stage us.pt --stage 1 --stage 4 --stage 5 --data DIR
+      usspectrum slim-stage us.pt --stage all --widths 0.4:1.0:0.1 --data DIR
+    """
+    import warnings
+
+    settings = settings_from(kw)
+    out = out or default_out(checkpoint, "slim-stage")
+    model_stages = parse_stages(stages, 5)
+    if not 0 < ratio <= 1:
+        raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            df = run_slim_stage(checkpoint, data, model_stages, ratio, widths, out, settings,
+                                not no_plot)
+        except KeyboardInterrupt:
+            raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
+                                       "rerun the same command to resume") from None
+    for w in caught:
+        click.echo(f"Warning: {w.message}", err=True)
+    emit(df[DISPLAY], None, as_json)
+    click.echo(f"results: {out}", err=True)
+
+
+@cli.command("demo")
+@click.option("-o", "--out", default="usspectrum-demo", show_default=True)
+@click.option("--epochs", type=int, default=6, show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
+    """Train a nonuniform US-Net, a 4-switch S-Net and an individual net on
+    scikit-learn's bundled handwritten digits (offline), then write the
+    compare and slim-stage CSVs and plots to --out.
+
+    \b
+    Examples:
+      usspectrum demo
+      usspectrum demo --out demo --epochs 10
+    """
+    results = run_demo(out, epochs, progress=not quiet)
+    click.echo(results["compare"][DISPLAY].to_string(index=False))
+    click.echo(f"wrote {out}/compare.csv, {out}/compare.png, {out}/slim-stage.csv, "
+               f"{out}/slim-stage.png (and .svg)", err=True)
 
 
 def main() -> None:

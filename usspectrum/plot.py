@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -22,13 +23,26 @@ def check_columns(df: pd.DataFrame, where: str, x: str = "mflops") -> None:
                          "give a CSV written by usspectrum sweep, compare or slim-stage")
 
 
+_STAGE = re.compile(r"@s(\d+)x([0-9.]+)")
+
+
+def stage_series(width: str) -> str:
+    """Curve name of a width string: ``uniform`` or ``stage 5 x0.6``."""
+    mods = _STAGE.findall(str(width))
+    if not mods:
+        return "uniform"
+    return " + ".join(f"stage {s} x{r}" for s, r in mods)
+
+
 def series_of(df: pd.DataFrame) -> pd.Series:
-    """The curve each row belongs to: ``series`` if present, else ``model``."""
-    if "series" in df.columns:
-        return df["series"].astype(str)
-    if "model" in df.columns:
-        return df["model"].astype(str)
-    return pd.Series(["spectrum"] * len(df), index=df.index)
+    """The curve each row belongs to: the model, split by stage modifiers
+    when the widths carry them (slim-stage results)."""
+    models = df["model"].astype(str) if "model" in df.columns else pd.Series("spectrum", df.index)
+    widths = df["width"].astype(str)
+    if not widths.str.contains("@s").any():
+        return models
+    stages = widths.map(stage_series)
+    return stages if models.nunique() == 1 else models + " " + stages
 
 
 def plot_spectrum(df: pd.DataFrame, out: str | os.PathLike, *, x: str = "mflops",

@@ -65,6 +65,7 @@ class TrainConfig:
     switches: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     image_size: int | None = None
     stem: str | None = None
+    repeats: tuple[int, ...] | None = None
     flip: bool = True
     train_images: int | None = None
     val_images: int | None = 1000
@@ -80,7 +81,7 @@ class TrainConfig:
     # Fields that change what is trained: a resumed run must agree on them.
     RECIPE = ("kind", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
               "schedule", "warmup_epochs", "label_smoothing", "num_sample", "width_range",
-              "inplace_distill", "nonuniform", "switches", "image_size", "stem", "flip",
+              "inplace_distill", "nonuniform", "switches", "image_size", "stem", "repeats", "flip",
               "train_images", "seed")
 
     def validate(self) -> None:
@@ -105,7 +106,7 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         d = asdict(self)
-        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in self.RECIPE}
+        return {k: (list(d[k]) if isinstance(d[k], (tuple, list)) else d[k]) for k in self.RECIPE}
 
     @property
     def arch(self) -> str:
@@ -264,6 +265,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
 
     # model and optimizer
     kwargs: dict = {"num_classes": len(classes), "stem": stem}
+    if config.repeats is not None:
+        kwargs["repeats"] = tuple(config.repeats)
     if config.kind == "us":
         kwargs["width_range"] = tuple(config.width_range)
     elif config.kind == "slimmable":

@@ -54,8 +54,9 @@ class MobileNetV1(SlimmableNet):
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
                  norm: BatchNormFactory = USBatchNorm2d,
-                 average_output: bool = False) -> None:
+                 average_output: bool = False, repeats: Sequence[int] | None = None) -> None:
         super().__init__()
+        stages = _stages(repeats)
         if stem not in STEMS:
             raise UsageError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         if num_classes < 1:
@@ -66,8 +67,8 @@ class MobileNetV1(SlimmableNet):
             nn.Sequential(stem_conv, norm(STEM_CHANNELS), nn.ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
         inp = STEM_CHANNELS
-        for stage, (out, repeats, first_stride) in enumerate(STAGES, start=1):
-            for i in range(repeats):
+        for stage, (out, count, first_stride) in enumerate(stages, start=1):
+            for i in range(count):
                 block = DepthwiseSeparable(inp, out, first_stride if i == 0 else 1,
                                            norm, average_output)
                 self.add_slot(f"features.{len(layers)}", block.body[3], stage)
@@ -92,6 +93,17 @@ class MobileNetV1(SlimmableNet):
         return self.classifier(torch.flatten(x, 1))
 
 
+def _stages(repeats: Sequence[int] | None) -> tuple[tuple[int, int, int], ...]:
+    """The stage table, optionally with fewer blocks per stage (a shallower,
+    faster-training variant; the paper's network is the default)."""
+    if repeats is None:
+        return STAGES
+    repeats = tuple(int(r) for r in repeats)
+    if len(repeats) != len(STAGES) or any(r < 1 for r in repeats):
+        raise UsageError(f"repeats needs {len(STAGES)} block counts >= 1, got {list(repeats)}")
+    return tuple((c, r, s) for (c, _, s), r in zip(STAGES, repeats))
+
+
 def _check_range(width_range: Sequence[float]) -> tuple[float, float]:
     lo, hi = (float(v) for v in width_range)
     if not (0 < lo <= 1 and 0 < hi <= 1):
@@ -113,28 +125,32 @@ def _check_switches(switches: Sequence[float]) -> tuple[float, ...]:
 @register_model
 def us_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
                     width_range: Sequence[float] = (0.25, 1.0),
-                    average_output: bool = False) -> MobileNetV1:
+                    average_output: bool = False,
+                    repeats: Sequence[int] | None = None) -> MobileNetV1:
     """US-MobileNet v1: shared BN affine, runs at any width in ``width_range``."""
-    model = MobileNetV1(num_classes, stem, USBatchNorm2d, average_output)
+    model = MobileNetV1(num_classes, stem, USBatchNorm2d, average_output, repeats)
     model.kind, model.width_range = "us", _check_range(width_range)
     return model
 
 
 @register_model
 def s_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
-                   switches: Sequence[float] = DEFAULT_SWITCHES) -> MobileNetV1:
+                   switches: Sequence[float] = DEFAULT_SWITCHES,
+                   repeats: Sequence[int] | None = None) -> MobileNetV1:
     """Slimmable MobileNet v1 with switchable BN, one private BN per switch."""
     values = _check_switches(switches)
-    model = MobileNetV1(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values))
+    model = MobileNetV1(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values),
+                        repeats=repeats)
     model.kind, model.switches = "slimmable", values
     model.width_range = (values[0], values[-1])
     return model
 
 
 @register_model
-def mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet") -> MobileNetV1:
+def mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
+                 repeats: Sequence[int] | None = None) -> MobileNetV1:
     """Plain MobileNet v1 1.0x (the individually trained baseline); narrower
     widths slice its channels, which is how Figure 2 evaluates it."""
-    model = MobileNetV1(num_classes, stem, USBatchNorm2d)
+    model = MobileNetV1(num_classes, stem, USBatchNorm2d, repeats=repeats)
     model.kind, model.width_range = "individual", (1.0, 1.0)
     return model
