@@ -420,7 +420,7 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
 
 @cli.command("demo")
 @click.option("-o", "--out", default="usspectrum-demo", show_default=True)
-@click.option("--epochs", type=int, default=6, show_default=True)
+@click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo_cmd(out: str, epochs: int, quiet: bool) -> None:
     """Train a nonuniform US-Net, a 4-switch S-Net and an individual net on

@@ -20,16 +20,18 @@ DATA = "digits"
 IMAGE_SIZE = 16
 WIDTHS = "0.25:1.0:0.05"
 STAGE_WIDTHS = "0.25:1.0:0.125"
+REPEATS = (1, 1, 1, 1, 1)  # one block per stage: a small MobileNet v1 that trains in minutes
 
 
 def demo_recipe(kind: str, out: Path, epochs: int, progress: bool) -> TrainConfig:
     return TrainConfig(kind=kind, data=DATA, out=str(out), epochs=epochs, batch_size=32,
                        lr=0.02, weight_decay=5e-5, warmup_epochs=1.0, image_size=IMAGE_SIZE,
+                       repeats=REPEATS,
                        flip=False, nonuniform=kind == "us", val_images=None, calib_images=300,
                        eval_every=epochs, resume=out.exists(), progress=progress)
 
 
-def run_demo(out_dir: str | os.PathLike = "usspectrum-demo", epochs: int = 6,
+def run_demo(out_dir: str | os.PathLike = "usspectrum-demo", epochs: int = 15,
              progress: bool = True) -> dict[str, pd.DataFrame]:
     """Train the three models and write ``compare.csv/png/svg`` and
     ``slim-stage.csv/png/svg`` into ``out_dir``."""
@@ -40,7 +42,7 @@ def run_demo(out_dir: str | os.PathLike = "usspectrum-demo", epochs: int = 6,
         train(demo_recipe(kind, path, epochs, progress))
     settings = SweepSettings(calib_images=600, batch_size=150, widths_per_pass=8,
                              progress=progress, workers=0)
-    figure2 = compare(list(paths.values()), DATA, WIDTHS, out / "compare", settings)
+    figure2 = compare(list(paths.values()), DATA, WIDTHS, out, settings)
     figure1 = slim_stage(paths["us"], DATA, [1, 4, 5], 0.6, STAGE_WIDTHS,
                          out / "slim-stage.csv", SweepSettings(**{**settings.__dict__}))
     return {"compare": figure2, "slim_stage": figure1}
