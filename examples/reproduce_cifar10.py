@@ -67,7 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     figure2 = compare(list(paths.values()), args.data, args.widths, out, settings)
     figure1 = slim_stage(paths["us"], args.data, [1, 4, 5], 0.6, args.stage_widths,
-                         out / "slim-stage.csv", SweepSettings(**settings.__dict__))
+                         out / "slim-stage.csv", settings)
     print(f"sweeps took {time.perf_counter() - t0:.0f} s; total {time.perf_counter() - started:.0f} s")
     print(figure2.pivot(index="width", columns="model", values="top1").to_string())
     print(figure1[["width", "mflops", "top1"]].to_string(index=False))

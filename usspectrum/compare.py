@@ -2,6 +2,7 @@
 and one checkpoint with extra ratios on single stages (Figure 1)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -27,9 +28,9 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
     if not checkpoints:
         raise UsageError("give at least one checkpoint to compare")
     settings = settings or SweepSettings()
-    settings.allow_extrapolate = True
-    if settings.calibration == "auto":
-        settings.calibration = "always"  # every model calibrated on the same images
+    # every model calibrated at every width, on the same images
+    calibration = "always" if settings.calibration == "auto" else settings.calibration
+    settings = dataclasses.replace(settings, allow_extrapolate=True, calibration=calibration)
     models = [load_checkpoint(c, device=settings.device) for c in checkpoints]
     labels = list(labels) if labels else _unique_labels(checkpoints)
     if len(labels) != len(models):

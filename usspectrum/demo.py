@@ -44,5 +44,5 @@ def run_demo(out_dir: str | os.PathLike = "usspectrum-demo", epochs: int = 15,
                              progress=progress, workers=0)
     figure2 = compare(list(paths.values()), DATA, WIDTHS, out, settings)
     figure1 = slim_stage(paths["us"], DATA, [1, 4, 5], 0.6, STAGE_WIDTHS,
-                         out / "slim-stage.csv", SweepSettings(**{**settings.__dict__}))
+                         out / "slim-stage.csv", settings)
     return {"compare": figure2, "slim_stage": figure1}

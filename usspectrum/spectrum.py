@@ -8,9 +8,10 @@ keeps its finished rows and a rerun resumes after them.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -53,7 +54,6 @@ class SweepSettings:
     allow_extrapolate: bool = False
     device: str = "cpu"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_MODES:
@@ -89,12 +89,7 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
           **overrides) -> pd.DataFrame:
     """Measure ``checkpoint`` at every width; returns a DataFrame with
     :data:`COLUMNS` (including rows resumed from ``out``)."""
-    settings = settings or SweepSettings()
-    for key, value in overrides.items():
-        if not hasattr(settings, key):
-            raise TypeError(f"unknown sweep setting {key!r}")
-        setattr(settings, key, value)
-    settings.__post_init__()
+    settings = dataclasses.replace(settings or SweepSettings(), **overrides)
     model = (checkpoint if isinstance(checkpoint, nn.Module)
              else load_checkpoint(checkpoint, device=settings.device))
     model.to(settings.device).eval()

@@ -11,6 +11,7 @@ epoch, so a resumed run repeats what the uninterrupted run would have done.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -236,11 +237,7 @@ def _log_path(out: Path) -> Path:
 
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train one model as ``config`` says; checkpoints after every epoch."""
-    config = config or TrainConfig()
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise TypeError(f"unknown training option {key!r}")
-        setattr(config, key, value)
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
     config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
