@@ -57,12 +57,13 @@ def plot_spectrum(df: pd.DataFrame, out: str | os.PathLike, *, x: str = "mflops"
     import matplotlib.pyplot as plt
 
     check_columns(df, "the results table", x)
-    df = df.assign(_series=series_of(df)).sort_values(x)
+    df = df.assign(_series=series_of(df))
     style = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
              "xtick.labelsize": 7, "ytick.labelsize": 7}
     with plt.rc_context(style):
         fig, ax = plt.subplots(figsize=(3.4, 2.6))
-        for i, (name, rows) in enumerate(df.groupby("_series", sort=False)):
+        for i, name in enumerate(pd.unique(df["_series"])):  # legend in row order
+            rows = df[df["_series"] == name].sort_values(x)
             line, = ax.plot(rows[x], rows["top1"], marker=MARKERS[i % len(MARKERS)],
                             markersize=3, linewidth=1.1, label=name)
             wanted = set((marked or {}).get(name, ()))
