@@ -113,10 +113,6 @@ class SlimBatchNormBase(nn.Module):
     def abort_calibration(self) -> None:
         self._calibration = None
 
-    @property
-    def calibrating(self) -> bool:
-        return self._calibration is not None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         weight, bias = self.affine(channels)
