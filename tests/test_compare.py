@@ -12,7 +12,7 @@ from usspectrum.errors import USSpectrumError
 from helpers import CLASSES, make_image_folder
 
 FAST = usspectrum.SweepSettings(calib_images=6, eval_images=6, batch_size=6, workers=0,
-                                progress=False, widths_per_pass=8)
+                                progress=False)
 
 
 @pytest.fixture

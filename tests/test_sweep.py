@@ -40,7 +40,7 @@ def test_sweep_writes_one_row_per_width(setup):
 
 def test_interrupted_sweep_resumes_without_recomputing(setup, monkeypatch):
     tmp, data, ckpt = setup
-    real = sweep_module._measure_chunk
+    real = sweep_module._run_pass
     calls = []
 
     def flaky(model, chunk, *args):
@@ -49,7 +49,7 @@ def test_interrupted_sweep_resumes_without_recomputing(setup, monkeypatch):
             raise KeyboardInterrupt
         return real(model, chunk, *args)
 
-    monkeypatch.setattr(sweep_module, "_measure_chunk", flaky)
+    monkeypatch.setattr(sweep_module, "_run_pass", flaky)
     with pytest.raises(KeyboardInterrupt):
         usspectrum.sweep(ckpt, data, "0.25,0.5,0.75,1.0", tmp / "s.csv", widths_per_pass=2, **FAST)
     kept = pd.read_csv(tmp / "s.csv", dtype={"width": str})

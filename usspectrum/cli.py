@@ -16,6 +16,7 @@ from .calibration import calibrate_checkpoint
 from .compare import compare as run_compare
 from .compare import slim_stage as run_slim_stage
 from .demo import run_demo
+from .export import FORMATS as EXPORT_FORMATS
 from .models import create_model, list_models
 from .plot import check_columns, plot_spectrum
 from .results import write_table
@@ -151,8 +152,15 @@ def sweep_options(fn):
         click.option("--batch-size", type=int, default=200, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--workers", type=int, default=None, help="Data-loading processes."),
-        click.option("--widths-per-pass", type=int, default=4, show_default=True,
-                     help="Widths calibrated/evaluated per pass over the data."),
+        click.option("--widths-per-pass", type=int, default=0, show_default=True,
+                     help="Widths calibrated/evaluated per pass over the data (0: all)."),
+        click.option("--latency", is_flag=True,
+                     help="Add batch-1 latency (ms) and batch-64 throughput columns."),
+        click.option("--x", "x_axis", type=click.Choice(["mflops", "latency"]), default="mflops",
+                     show_default=True, help="Plot x-axis (latency needs --latency)."),
+        click.option("--sliced", is_flag=True,
+                     help="Slice weights on every forward instead of dense BN-folded "
+                          "copies (the slow reference path)."),
         click.option("--calibration", type=click.Choice(CALIBRATION_MODES), default="auto",
                      show_default=True,
                      help="auto: calibrate widths without stored statistics."),
@@ -172,7 +180,15 @@ def settings_from(kw: dict) -> SweepSettings:
         batch_size=kw.pop("batch_size"), seed=kw.pop("seed"), workers=kw.pop("workers"),
         widths_per_pass=kw.pop("widths_per_pass"), calibration=kw.pop("calibration"),
         allow_extrapolate=kw.pop("allow_extrapolate"), device=check_device(kw.pop("device")),
-        progress=not kw.pop("quiet"))
+        progress=not kw.pop("quiet"), latency=kw.pop("latency"), dense=not kw.pop("sliced"))
+
+
+def x_column(kw: dict, settings: SweepSettings) -> str:
+    """The plot's x column from ``--x``; latency needs measured latencies."""
+    x = kw.pop("x_axis")
+    if x == "latency" and not settings.latency:
+        raise UsageError("--x latency needs --latency (latencies are measured only then)")
+    return "latency_ms" if x == "latency" else "mflops"
 
 
 def default_out(checkpoint: str, suffix: str) -> str:
@@ -201,6 +217,7 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
       usspectrum sweep individual.pt --data DIR --allow-extrapolate
     """
     settings = settings_from(kw)
+    x = x_column(kw, settings)
     out = out or default_out(checkpoint, "sweep")
     try:
         df = run_sweep(checkpoint, data, widths, out, settings=settings, label=label)
@@ -208,7 +225,7 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
         raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
                                    "rerun the same command to resume") from None
     if not no_plot:
-        paths = plot_spectrum(df, Path(out).with_suffix(""), title=df["model"].iloc[0])
+        paths = plot_spectrum(df, Path(out).with_suffix(""), x=x, title=df["model"].iloc[0])
         click.echo(f"plot: {', '.join(map(str, paths))}", err=True)
     emit(df[DISPLAY], None, as_json)
     click.echo(f"results: {out}", err=True)
@@ -248,8 +265,8 @@ def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_image
 @cli.command("plot")
 @click.argument("csvs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", required=True, help="Output path without suffix (PNG and SVG written).")
-@click.option("--x", "x", type=click.Choice(["mflops", "latency_ms"]), default="mflops",
-              show_default=True)
+@click.option("--x", "x", type=click.Choice(["mflops", "latency"]), default="mflops",
+              show_default=True, help="x-axis; latency needs CSVs swept with --latency.")
 @click.option("--title", default=None)
 def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None:
     """Re-draw spectra from CSV files alone.
@@ -258,7 +275,9 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
     Examples:
       usspectrum plot us-sweep.csv s-sweep.csv -o figure2
       usspectrum plot compare.csv -o compare --title "CIFAR-10"
+      usspectrum plot us-sweep.csv -o us-latency --x latency
     """
+    x = "latency_ms" if x == "latency" else x
     frames = []
     for path in csvs:
         if not Path(path).is_file():
@@ -367,9 +386,10 @@ def compare_cmd(checkpoints, data, widths, out, labels, no_plot, as_json, **kw) 
       usspectrum compare a.pt b.pt --data DIR --widths 0.25:1.0:0.05 --label A --label B
     """
     settings = settings_from(kw)
+    x = x_column(kw, settings)
     settings.allow_extrapolate = True
     try:
-        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot)
+        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot, x=x)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished rows are kept in {out}/; "
                                    "rerun the same command to resume") from None
@@ -400,6 +420,7 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
     import warnings
 
     settings = settings_from(kw)
+    x = x_column(kw, settings)
     out = out or default_out(checkpoint, "slim-stage")
     model_stages = parse_stages(stages, 5)
     if not 0 < ratio <= 1:
@@ -408,7 +429,7 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
         warnings.simplefilter("always")
         try:
             df = run_slim_stage(checkpoint, data, model_stages, ratio, widths, out, settings,
-                                not no_plot)
+                                not no_plot, x=x)
         except KeyboardInterrupt:
             raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
                                        "rerun the same command to resume") from None
@@ -416,6 +437,40 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
         click.echo(f"Warning: {w.message}", err=True)
     emit(df[DISPLAY], None, as_json)
     click.echo(f"results: {out}", err=True)
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--width", required=True, help="Width to export: 0.6, 0.75@s5x0.6, layers:...")
+@click.option("-o", "--out", required=True, help="File to write (.pt2: torch.export, else TorchScript).")
+@click.option("--format", "fmt", type=click.Choice(["auto", *EXPORT_FORMATS]), default="auto",
+              show_default=True, help="auto: torch.export for .pt2, TorchScript otherwise.")
+@click.option("--data", default=None, type=click.Path(),
+              help="Calibrate BN at this width on DATA's train split first (if not stored).")
+@click.option("--calib-images", type=int, default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-extrapolate", is_flag=True, help="Allow a width outside the trained range.")
+def export_cmd(checkpoint: str, width: str, out: str, fmt: str, data: str | None,
+               calib_images: int, seed: int, allow_extrapolate: bool) -> None:
+    """Write one width of CHECKPOINT as a standalone dense network (BN
+    folded into the convs) that loads without usspectrum installed.
+
+    \b
+    Examples:
+      usspectrum export us.pt --width 0.6 -o slim.pt        # torch.jit.load("slim.pt")
+      usspectrum export us.pt --width 0.6 -o slim.pt2       # torch.export.load(...).module()
+      usspectrum export us.pt --width 0.55 --data ../shared/data/cifar10 -o w055.pt
+    """
+    from .export import export_width, prepare_width
+
+    model, note = prepare_width(checkpoint, width, data, calib_images=calib_images, seed=seed,
+                                allow_extrapolate=allow_extrapolate)
+    if note:
+        click.echo(f"Warning: {note}", err=True)
+    if fmt == "auto":
+        fmt = "export" if str(out).endswith(".pt2") else "torchscript"
+    meta = export_width(model, width, out, fmt)
+    click.echo(f"wrote {out} ({fmt}): width {meta['width']}, channels {meta['channels']}")
 
 
 @cli.command("demo")

@@ -20,7 +20,7 @@ from .width import WidthConfig, parse_width_list, stage_variants
 def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
             widths: str | Sequence, out_dir: str | os.PathLike,
             settings: SweepSettings | None = None, labels: Sequence[str] | None = None,
-            plot: bool = True) -> pd.DataFrame:
+            plot: bool = True, x: str = "mflops") -> pd.DataFrame:
     """Sweep every checkpoint at the same widths (BN calibrated at every
     width, widths outside a model's trained range allowed) and write
     ``compare.csv`` plus one plot with a curve per model; per-model CSVs in
@@ -51,14 +51,15 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
     df = pd.concat(frames, ignore_index=True)
     write_table(df, out_dir / "compare.csv")
     if plot:
-        plot_spectrum(df, out_dir / "compare", marked=marked,
+        plot_spectrum(df, out_dir / "compare", marked=marked, x=x,
                       title="Accuracy vs MFLOPs (BN calibrated at every width)")
     return df
 
 
 def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: Sequence[int],
                ratio: float, widths: str | Sequence, out: str | os.PathLike,
-               settings: SweepSettings | None = None, plot: bool = True) -> pd.DataFrame:
+               settings: SweepSettings | None = None, plot: bool = True,
+               x: str = "mflops") -> pd.DataFrame:
     """The uniform spectrum plus, for each stage, the spectrum with ``ratio``
     applied to that stage on top of the global width (the seed's Figure 1)."""
     settings = settings or SweepSettings()
@@ -77,7 +78,7 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: S
     configs = configs + stage_variants(configs, list(stages), ratio)
     df = sweep(model, data, configs, out, settings)
     if plot:
-        plot_spectrum(df, Path(out).with_suffix(""),
+        plot_spectrum(df, Path(out).with_suffix(""), x=x,
                       title=f"Slimming single stages by x{ratio} (nonuniform US-Net)")
     return df
 

@@ -40,7 +40,7 @@ def run_demo(out_dir: str | os.PathLike = "usspectrum-demo", epochs: int = 15,
              (("us", "us-nonuniform"), ("slimmable", "s-net-4switch"), ("individual", "individual"))}
     for kind, path in paths.items():
         train(demo_recipe(kind, path, epochs, progress))
-    settings = SweepSettings(calib_images=600, batch_size=150, widths_per_pass=8,
+    settings = SweepSettings(calib_images=600, batch_size=150,
                              progress=progress, workers=0)
     figure2 = compare(list(paths.values()), DATA, WIDTHS, out, settings)
     figure1 = slim_stage(paths["us"], DATA, [1, 4, 5], 0.6, STAGE_WIDTHS,

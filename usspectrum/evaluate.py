@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+import time
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,10 +38,19 @@ class Accuracy:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
-             device: str | torch.device | None = None) -> dict[str, Accuracy]:
-    """Accuracy at each width; every batch is loaded once and run at all widths."""
+             device: str | torch.device | None = None, dense: bool = True) -> dict[str, Accuracy]:
+    """Accuracy at each width; every batch is loaded once and run at all widths.
+
+    By default each width runs as a BN-folded dense copy
+    (:func:`usspectrum.dense.to_dense`); ``dense=False`` slices the model's
+    weights on every forward instead (slower, same predictions up to float
+    rounding)."""
     device = device or next(model.parameters()).device
     configs = [WidthConfig.coerce(w) for w in widths]
+    if dense:
+        from .dense import to_dense
+
+        return evaluate_nets({str(c): to_dense(model, c) for c in configs}, batches, device)
     results = {str(c): Accuracy() for c in configs}
     previous, was_training = model.width_config, model.training
     model.eval()
@@ -53,4 +63,24 @@ def evaluate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
     finally:
         model.set_width(previous)
         model.train(was_training)
+    return results
+
+
+@torch.no_grad()
+def evaluate_nets(nets: Mapping[str, nn.Module], batches: Iterable,
+                  device: str | torch.device = "cpu", results: dict[str, Accuracy] | None = None,
+                  seconds: dict[str, float] | None = None) -> dict[str, Accuracy]:
+    """Accuracy of each of ``nets`` (eval mode) over ``batches``; counts add
+    to ``results`` and compute time to ``seconds`` when given."""
+    results = results if results is not None else {}
+    for key in nets:
+        results.setdefault(key, Accuracy())
+    for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
+        for key, net in nets.items():
+            start = time.perf_counter()
+            logits = net(images)
+            if seconds is not None:
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+            results[key].add(logits, labels)
     return results

@@ -127,12 +127,19 @@ class SlimBatchNormBase(nn.Module):
         if self.training:
             mean, var = self.running(channels)
             return F.batch_norm(x, mean, var, weight, bias, True, self.momentum, self.eps)
+        mean, var = self.eval_stats(channels, x.device)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+    def eval_stats(self, channels: int, device: torch.device | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mean, var) used in eval mode at ``channels``: the calibrated
+        statistics of ``active_key`` when stored, else the running ones."""
         stats = self.calibrated.get(self.active_key) if self.active_key else None
         if stats is not None and stats[0].shape[0] == channels:
-            mean, var = (t.to(x.device) for t in stats)
+            mean, var = stats
         else:
             mean, var = self.running(channels)
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        return (mean, var) if device is None else (mean.to(device), var.to(device))
 
 
 class USBatchNorm2d(SlimBatchNormBase):

@@ -21,6 +21,9 @@ def check_columns(df: pd.DataFrame, where: str, x: str = "mflops") -> None:
     if missing:
         raise UsageError(f"{where} lacks column(s) {', '.join(dict.fromkeys(missing))}; "
                          "give a CSV written by usspectrum sweep, compare or slim-stage")
+    if df[x].isna().all():
+        hint = "; sweep with --latency" if x == "latency_ms" else ""
+        raise UsageError(f"{where} has no {x} values{hint}")
 
 
 _STAGE = re.compile(r"@s(\d+)x([0-9.]+)")

@@ -77,8 +77,16 @@ class RowWriter:
 
     def append(self, row: dict) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new and self._header() != self.columns:
+            # a file from an older version: rewrite it with today's columns first
+            old = pd.read_csv(self.path, dtype={"width": str} if "width" in self.columns else None)
+            write_table(old.reindex(columns=self.columns), self.path)
         line = pd.DataFrame([row], columns=self.columns).to_csv(index=False, header=new)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _header(self) -> list[str]:
+        with open(self.path, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\r\n").split(",")

@@ -1,10 +1,12 @@
 """The spectrum engine: widths in, one measured row per width out.
 
-For a chunk of widths at a time, BN statistics are calibrated in one pass
-over the calibration subset and accuracy measured in one pass over the
-evaluation set (each batch decoded once, run at every width of the chunk);
-rows are appended to the CSV as each chunk finishes, so an interrupted sweep
-keeps its finished rows and a rerun resumes after them.
+A pass takes a group of widths (by default all of them): BN statistics of
+every width are calibrated in one pass over the calibration subset, then
+every width's dense, BN-folded copy (:mod:`usspectrum.dense`) is evaluated in
+one pass over the evaluation set. Each batch is decoded once, by DataLoader
+workers, and used by all widths. Rows are appended to the CSV when a pass
+ends; inside a pass, progress is kept in ``<csv>.partial.pt``
+(:mod:`usspectrum.passstate`), so a rerun resumes where the last run stopped.
 """
 from __future__ import annotations
 
@@ -13,25 +15,30 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
 import torch.nn as nn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .calibration import Calibrator, is_calibrated
+from .calibration import Calibrator, DenseCalibrator, get_bn_stats, is_calibrated, set_bn_stats
 from .checkpoint import load_checkpoint
 from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset)
+from .dense import to_dense
 from .errors import UsageError, USSpectrumError
-from .evaluate import evaluate
+from .evaluate import Accuracy, evaluate_nets
 from .flops import FlopCounter
+from .latency import measure_speed
+from .passstate import PassState, state_path
 from .results import RowWriter
 from .width import WidthConfig, WidthLike, parse_width_list
 
 COLUMNS = ["model", "arch", "kind", "width", "mflops", "params_m", "top1", "top5",
-           "calib_images", "eval_images", "bn", "seconds", "calib_seconds", "eval_seconds",
-           "image_size", "seed", "checkpoint", "fingerprint"]
+           "calib_images", "eval_images", "bn", "seconds", "load_seconds", "calib_seconds",
+           "eval_seconds", "latency_ms", "throughput", "image_size", "seed", "checkpoint",
+           "fingerprint"]
 CALIBRATION_MODES = ("auto", "always", "never")
 _TOL = 1e-9
 
@@ -42,24 +49,35 @@ class SweepSettings:
 
     ``calibration``: ``auto`` calibrates widths without stored statistics,
     ``always`` recalibrates every width, ``never`` uses what the model has
-    (stored statistics, else the training-time running statistics)."""
+    (stored statistics, else the training-time running statistics).
+    ``widths_per_pass``: widths handled per pass over the data (0: all).
+    ``dense``: run dense BN-folded copies (False: slice weights per forward,
+    the slow reference path). ``latency``: also measure each width's batch-1
+    latency and batch-64 throughput. ``save_every``: seconds between saves
+    of an unfinished pass."""
 
     calib_images: int = 2000
     eval_images: int | None = None
     batch_size: int = 200
     seed: int = 0
     workers: int | None = None
-    widths_per_pass: int = 4
+    widths_per_pass: int = 0
     calibration: str = "auto"
     allow_extrapolate: bool = False
     device: str = "cpu"
     progress: bool = True
+    dense: bool = True
+    latency: bool = False
+    save_every: float = 30.0
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_MODES:
             raise UsageError(f"calibration must be one of {CALIBRATION_MODES}, got {self.calibration!r}")
-        if self.batch_size < 1 or self.widths_per_pass < 1:
-            raise UsageError("batch size and widths per pass must be at least 1")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.widths_per_pass < 0:
+            raise UsageError("widths per pass must be 0 (all) or more, "
+                             f"got {self.widths_per_pass}")
 
 
 def check_trained_range(model: nn.Module, config: WidthConfig) -> None:
@@ -120,17 +138,20 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
                 "image_size": spec.image_size, "seed": settings.seed,
                 "checkpoint": meta.get("path", ""), "fingerprint": meta.get("fingerprint", ""),
                 "eval_images": len(val)}
-        step = settings.widths_per_pass
+        step = settings.widths_per_pass or len(todo)
         bar = tqdm(total=len(todo), desc=f"sweep {label}", unit="width",
                    disable=not settings.progress, leave=True)
         try:
             for start in range(0, len(todo), step):
                 chunk = todo[start:start + step]
-                for row in _measure_chunk(model, chunk, calib, val, settings, counter, bar):
+                partial = state_path(out) if out is not None else None
+                for row in _run_pass(model, chunk, calib, val, settings, counter, bar, partial):
                     row = {**base, **row}
                     rows.append(row)
                     if writer:
                         writer.append(row)
+                if partial is not None:
+                    partial.unlink(missing_ok=True)
                 bar.update(len(chunk))
         finally:
             bar.close()
@@ -142,42 +163,128 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     return result.sort_values("width", key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
 
 
-def _measure_chunk(model, chunk, calib, val, settings, counter, bar) -> list[dict]:
+class _AtWidth:
+    """The sliced model at one width, callable like a dense copy (the
+    reference path: weights sliced on every forward)."""
+
+    def __init__(self, model: nn.Module, config: WidthConfig) -> None:
+        self.model, self.config = model, config
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.set_width(self.config)
+        return self.model(x)
+
+
+def _signature(chunk, settings: SweepSettings, meta: dict, calib, val) -> dict:
+    return {"widths": [str(c) for c in chunk], "fingerprint": meta.get("fingerprint", ""),
+            "seed": settings.seed, "batch_size": settings.batch_size,
+            "calibration": settings.calibration, "dense": settings.dense,
+            "calib_images": len(calib) if calib is not None else 0, "eval_images": len(val)}
+
+
+def _run_pass(model, chunk, calib, val, settings, counter, bar, partial) -> list[dict]:
+    """Calibrate and evaluate the widths of ``chunk`` in one pass each over
+    the calibration and evaluation data; returns their rows."""
     mode = settings.calibration
     to_calibrate = [c for c in chunk if mode == "always" or (mode == "auto" and not is_calibrated(model, c))]
     source = {str(c): ("calibrated" if c in to_calibrate else
                        "stored" if is_calibrated(model, c) else "running") for c in chunk}
-    t0 = time.perf_counter()
-    calib_count = 0
-    if to_calibrate:
-        loader = make_loader(calib, settings.batch_size, settings.workers)
-        with Calibrator(model, to_calibrate) as cal:
-            for images, _ in _progress(loader, bar, f"calibrate {len(to_calibrate)} widths"):
-                cal.update(images.to(settings.device))
-        calib_count = cal.images
-    t1 = time.perf_counter()
-    loader = make_loader(val, settings.batch_size, settings.workers)
-    accuracy = evaluate(model, _progress(loader, bar, f"evaluate {len(chunk)} widths"),
-                        chunk, settings.device)
-    t2 = time.perf_counter()
-    rows = []
-    for config in chunk:
-        cost = counter.at(config)
-        acc = accuracy[str(config)]
-        calib_s = (t1 - t0) / max(1, len(to_calibrate)) if config in to_calibrate else 0.0
-        eval_s = (t2 - t1) / len(chunk)
-        rows.append({"width": str(config), "mflops": round(cost.mflops, 3),
-                     "params_m": round(cost.params_m, 4), "top1": round(acc.top1, 3),
-                     "top5": round(acc.top5, 3), "calib_images": calib_count if config in to_calibrate
-                     else 0, "bn": source[str(config)], "seconds": round(calib_s + eval_s, 3),
-                     "calib_seconds": round(calib_s, 3), "eval_seconds": round(eval_s, 3)})
-    return rows
+    signature = _signature(chunk, settings, model.meta, calib, val)
+    state = (PassState.load(partial, signature) if partial else None) or PassState(signature)
+
+    if to_calibrate and not state.calibrated:
+        _calibrate_pass(model, to_calibrate, calib, settings, bar, state)
+        if partial:
+            state.save(partial)
+    elif to_calibrate:
+        set_bn_stats(model, state.bn_stats)
+
+    model.eval()
+    nets = {str(c): to_dense(model, c) if settings.dense else _AtWidth(model, c) for c in chunk}
+    remaining = val
+    if state.batches:
+        remaining = Subset(val, range(state.batches * settings.batch_size, len(val)))
+    loader = make_loader(remaining, settings.batch_size, settings.workers)
+    last_save = time.monotonic()
+    previous = model.width_config
+    try:
+        for images, labels in _timed(_progress(loader, bar, f"evaluate {len(chunk)} widths",
+                                               state.batches), state):
+            seconds: dict[str, float] = {}
+            evaluate_nets(nets, [(images, labels)], settings.device, state.counts, seconds)
+            for key, value in seconds.items():
+                state.add_seconds(f"eval:{key}", value)
+            state.batches += 1
+            if partial and time.monotonic() - last_save > settings.save_every:
+                state.save(partial)
+                last_save = time.monotonic()
+    except BaseException:
+        if partial:
+            state.save(partial)
+        raise
+    finally:
+        model.set_width(previous)
+    del loader
+    return [_row(model, config, nets[str(config)], counter, state, source, settings, len(chunk))
+            for config in chunk]
 
 
-def _progress(loader, bar, what: str):
+def _calibrate_pass(model, to_calibrate, calib, settings, bar, state: PassState) -> None:
+    loader = make_loader(calib, settings.batch_size, settings.workers)
+    calibrator = DenseCalibrator if settings.dense else Calibrator
+    start = time.perf_counter()
+    with calibrator(model, to_calibrate) as cal:
+        for images, _ in _timed(_progress(loader, bar, f"calibrate {len(to_calibrate)} widths"), state):
+            cal.update(images.to(settings.device))
+    total = time.perf_counter() - start
+    per_width = getattr(cal, "seconds", None)
+    for config in to_calibrate:
+        key = str(config)
+        share = per_width[key] if per_width else total / len(to_calibrate)
+        state.add_seconds(f"calib:{key}", share)
+    state.calibrated = True
+    state.calib_images = cal.images
+    state.bn_stats = get_bn_stats(model, [str(c) for c in to_calibrate])
+
+
+def _row(model, config, net, counter, state: PassState, source, settings, width_count) -> dict:
+    key = str(config)
+    cost = counter.at(config)
+    acc = state.counts.get(key, Accuracy())
+    calib_s = state.seconds.get(f"calib:{key}", 0.0)
+    eval_s = state.seconds.get(f"eval:{key}", 0.0)
+    load_s = state.seconds.get("load", 0.0) / width_count
+    row = {"width": key, "mflops": round(cost.mflops, 3), "params_m": round(cost.params_m, 4),
+           "top1": round(acc.top1, 3), "top5": round(acc.top5, 3),
+           "calib_images": state.calib_images if source[key] == "calibrated" else 0,
+           "bn": source[key], "seconds": round(load_s + calib_s + eval_s, 3),
+           "load_seconds": round(load_s, 3), "calib_seconds": round(calib_s, 3),
+           "eval_seconds": round(eval_s, 3)}
+    if settings.latency:
+        dense = net if settings.dense else to_dense(model, config)
+        speed = measure_speed(dense, model.meta["image"].image_size, settings.device)
+        row.update(latency_ms=round(speed.latency_ms, 4), throughput=round(speed.throughput, 1))
+    return row
+
+
+def _timed(batches: Iterable, state: PassState) -> Iterator:
+    """Yield from ``batches``, adding the time spent waiting for each
+    (decoding, transfer) to ``state.seconds['load']``."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        state.add_seconds("load", time.perf_counter() - start)
+        yield batch
+
+
+def _progress(loader, bar, what: str, done: int = 0):
     """Show batch progress inside the width bar's postfix."""
-    total = len(loader)
-    for i, batch in enumerate(loader, 1):
+    total = len(loader) + done
+    for i, batch in enumerate(loader, done + 1):
         if not bar.disable:
             bar.set_postfix_str(f"{what}: batch {i}/{total}", refresh=True)
         yield batch

@@ -56,6 +56,11 @@ class SlimmableNet(nn.Module):
         for _, bn in slim_batchnorms(self):
             bn.active_key = key
 
+    def layer_sequence(self) -> list[tuple[str, nn.Module]]:
+        """The leaf modules in the order ``forward`` applies them, for families
+        whose forward is a plain chain (used to build dense sub-networks)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its layer chain")
+
     def active_channels(self) -> list[int]:
         return [c.out_channels if c.out_active is None else c.out_active
                 for c in self._slot_convs]

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from ..layers import SlimBatchNormBase, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
 from .base import SlimmableNet
 from .registry import register_model
 
@@ -87,6 +87,15 @@ class MobileNetV1(SlimmableNet):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+
+    def layer_sequence(self) -> list[tuple[str, nn.Module]]:
+        def leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+            children = list(module.named_children())
+            if not children or isinstance(module, SlimBatchNormBase):
+                return [(prefix, module)]
+            return [leaf for n, m in children for leaf in leaves(m, f"{prefix}.{n}")]
+        return [*leaves(self.features, "features"), ("pool", self.pool),
+                ("flatten", nn.Flatten(1)), *leaves(self.classifier, "classifier")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))

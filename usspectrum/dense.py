@@ -1,0 +1,137 @@
+"""Dense sub-networks: one width of a slimmable network as a plain model.
+
+Slicing full-size weights on every forward leaves speed unused: the sliced
+weights are strided views, BN runs as a separate memory-bound pass, and the
+activations stay in NCHW. :func:`to_dense` copies one width's weights into
+ordinary ``nn.Conv2d``/``nn.Linear`` layers, folds each BN into the conv in
+front of it (with the statistics that width would use in eval mode) and
+stores everything channels-last, which is what oneDNN's CPU convolutions
+prefer. The result is a standalone ``nn.Sequential`` that needs nothing from
+usspectrum to run, trace or export.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from .layers import SlimBatchNormBase, SlimConv2d, SlimLinear
+from .width import WidthConfig, WidthLike
+
+
+class DenseNet(nn.Sequential):
+    """A plain chain of layers of one width.
+
+    ``width`` is the width string it was built from, ``bn_sources`` maps the
+    name of each unfolded BN layer to the slimmable BN it came from."""
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", width: str,
+                 channels_last: bool, bn_sources: dict[str, str]) -> None:
+        super().__init__(layers)
+        self.width = width
+        self.channels_last = channels_last
+        self.bn_sources = bn_sources
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+@torch.no_grad()
+def to_dense(model: nn.Module, width: WidthLike | None = None, *, fold_bn: bool = True,
+             channels_last: bool = True) -> DenseNet:
+    """The plain network that ``model`` computes at ``width`` (default: the
+    width it is set to) in eval mode.
+
+    With ``fold_bn`` every BN that follows a conv is folded into it; without,
+    BN layers become ``nn.BatchNorm2d`` carrying that width's statistics
+    (used for calibration). Outputs equal the sliced model's up to float
+    rounding."""
+    previous = model.width_config
+    config = previous if width is None else WidthConfig.coerce(width)
+    model.set_width(config)
+    try:
+        layers, sources = _dense_layers(model, fold_bn)
+    finally:
+        model.set_width(previous)
+    net = DenseNet(layers, str(config), channels_last, sources).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _dense_layers(model: nn.Module, fold_bn: bool):
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    sources: dict[str, str] = {}
+    sequence = model.layer_sequence()
+    channels = next(m for _, m in sequence if isinstance(m, SlimConv2d)).in_channels
+    last = None  # the layer just added, for folding
+    for name, module in sequence:
+        key = name.replace(".", "_")
+        if isinstance(module, SlimConv2d):
+            layer = _dense_conv(module, channels)
+            channels = layer.out_channels
+        elif isinstance(module, SlimBatchNormBase):
+            if fold_bn and isinstance(last, nn.Conv2d):
+                _fold(last, module, channels)
+                continue
+            layer = _dense_bn(module, channels)
+            sources[key] = name
+        elif isinstance(module, SlimLinear):
+            out = module.out_features if module.out_active is None else module.out_active
+            layer = nn.Linear(channels, out, bias=module.bias is not None,
+                              device=module.weight.device, dtype=module.weight.dtype)
+            layer.weight.copy_(module.weight[:out, :channels])
+            if module.bias is not None:
+                layer.bias.copy_(module.bias[:out])
+            channels = out
+        elif any(True for _ in module.parameters(recurse=False)) or isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise TypeError(f"cannot make {name} ({type(module).__name__}) dense")
+        else:
+            layer = copy.deepcopy(module)
+        layers[key] = layer
+        last = layer
+    return layers, sources
+
+
+def _dense_conv(conv: SlimConv2d, channels: int) -> nn.Conv2d:
+    out, per_group, groups = conv.active_shape(channels)
+    layer = nn.Conv2d(channels, out, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                      groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    weight = conv.weight[:out, :per_group]
+    if conv.average_output and channels != conv.in_channels:
+        weight = weight * (conv.in_channels / channels)
+    layer.weight.copy_(weight)
+    if conv.bias is not None:
+        layer.bias.copy_(conv.bias[:out])
+    return layer
+
+
+def _fold(conv: nn.Conv2d, bn: SlimBatchNormBase, channels: int) -> None:
+    """Fold ``bn`` (eval mode, at ``channels``) into ``conv`` in float64."""
+    gamma, beta = bn.affine(channels)
+    mean, var = bn.eval_stats(channels, conv.weight.device)
+    scale = gamma.double() / torch.sqrt(var.double() + bn.eps)
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = beta.double() + (bias - mean.double()) * scale
+    conv.weight.copy_(weight.to(conv.weight.dtype))
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+
+
+def _dense_bn(bn: SlimBatchNormBase, channels: int) -> nn.BatchNorm2d:
+    gamma, beta = bn.affine(channels)
+    mean, var = bn.eval_stats(channels, gamma.device)
+    layer = nn.BatchNorm2d(channels, eps=bn.eps, momentum=bn.momentum,
+                           device=gamma.device, dtype=gamma.dtype)
+    layer.weight.copy_(gamma)
+    layer.bias.copy_(beta)
+    layer.running_mean.copy_(mean)
+    layer.running_var.copy_(var)
+    return layer
