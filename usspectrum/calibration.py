@@ -87,11 +87,13 @@ class DenseCalibrator:
     go into the slimmable model's calibrated store. ``seconds[key]`` adds up
     the compute time of each width."""
 
-    def __init__(self, model: nn.Module, widths: Sequence[WidthLike]) -> None:
+    def __init__(self, model: nn.Module, widths: Sequence[WidthLike],
+                 allow_empty: bool = False) -> None:
         self.model = model
         self.configs = [WidthConfig.coerce(w) for w in widths]
-        self.images = 0
+        self.images = self.batches = 0
         self.seconds = {str(c): 0.0 for c in self.configs}
+        self.allow_empty = allow_empty  # a process of a distributed run may get no batch
 
     def __enter__(self) -> "DenseCalibrator":
         from .dense import to_dense
@@ -114,12 +116,13 @@ class DenseCalibrator:
             net(images)
             self.seconds[key] += time.perf_counter() - start
         self.images += images.shape[0]
+        self.batches += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
         nets, self.nets = self.nets, {}
         if exc_type is not None:
             return
-        if not self.images:
+        if not self.images and not self.allow_empty:
             raise RuntimeError("calibration saw no batch")
         bns = dict(slim_batchnorms(self.model))
         for key, net in nets.items():
@@ -127,6 +130,34 @@ class DenseCalibrator:
             for dense_name, slim_name in net.bn_sources.items():
                 bn = layers[dense_name]
                 bns[slim_name].calibrated[key] = (bn.running_mean.clone(), bn.running_var.clone())
+
+
+def average_across_processes(model: nn.Module, widths: Sequence[WidthLike], batches: int) -> None:
+    """Under torchrun: each process holds, per width, the cumulative average
+    of the batch statistics of its own ``batches`` batches; replace them with
+    the average over every process's batches, which is what one process
+    calibrating on all the batches stores (up to float rounding)."""
+    from .distributed import all_sum
+
+    keys = [str(WidthConfig.coerce(w)) for w in widths]
+    stats = get_bn_stats(model, keys)
+    pieces = [t.double() * batches for k in keys for pair in stats[k].values() for t in pair]
+    total = all_sum(torch.cat([*(p.reshape(-1) for p in pieces),
+                               torch.tensor([float(batches)], dtype=torch.float64)]))
+    count, offset = total[-1], 0
+    if count < 1:
+        raise RuntimeError("calibration saw no batch in any process")
+    merged: BNStats = {}
+    for k in keys:
+        merged[k] = {}
+        for name, (mean, var) in stats[k].items():
+            n = mean.numel()
+            merged[k][name] = ((total[offset:offset + n] / count).to(mean.dtype),
+                               (total[offset + n:offset + 2 * n] / count).to(var.dtype))
+            offset += 2 * n
+    device = next(model.parameters()).device
+    set_bn_stats(model, {k: {n: (m.to(device), v.to(device)) for n, (m, v) in layers.items()}
+                         for k, layers in merged.items()})
 
 
 def calibrate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
@@ -179,17 +210,27 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     from .results import ensure_writable
     from .spectrum import resolve_widths
 
-    ensure_writable(out)
+    from .distributed import BatchShard, context, on_main
+
+    ctx = context(device)
+    on_main(lambda: ensure_writable(out), ctx)
     model = load_checkpoint(checkpoint, device=device)
     configs = resolve_widths(model, widths, allow_extrapolate)
     train = open_split(data, "train", eval_transform(model.meta["image"]))
     check_classes(train, model.meta.get("class_names"), f"{data}/train")
     subset = seeded_subset(train, calib_images, seed, "--calib-images")
-    loader = make_loader(subset, batch_size, workers)
+    # under torchrun each process takes every world-th batch; averages are merged after
+    loader = make_loader(subset, batch_size, workers,
+                         batch_sampler=BatchShard(len(subset), batch_size, ctx))
     batches = tqdm(loader, desc=f"calibrate {len(configs)} widths", unit="batch",
-                   disable=not progress)
-    calibrate(model, batches, configs, device)
-    record = dict(model.meta.get("train", {}))
-    record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data)}
-    save_checkpoint(model, out, train=record)
+                   disable=not (progress and ctx.is_main))
+    with DenseCalibrator(model, configs, allow_empty=ctx.enabled) as cal:
+        for images, _ in batches:
+            cal.update(images.to(device))
+    if ctx.enabled:
+        average_across_processes(model, configs, cal.batches)
+    if ctx.is_main:
+        record = dict(model.meta.get("train", {}))
+        record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data)}
+        save_checkpoint(model, out, train=record)
     return [str(c) for c in configs]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from .calibration import calibrate_checkpoint
 from .compare import compare as run_compare
 from .compare import slim_stage as run_slim_stage
 from .demo import run_demo
+from .distributed import launched, local_device
 from .export import FORMATS as EXPORT_FORMATS
 from .models import create_model, list_models
 from .plot import check_columns, plot_spectrum
@@ -25,6 +27,18 @@ from .spectrum import sweep as run_sweep
 from .training import TrainConfig
 from .training import train as run_train
 from .width import parse_width_list, stage_variants
+
+
+def is_main() -> bool:
+    """Rank 0 of a torchrun launch, or the only process."""
+    return os.environ.get("RANK", "0") == "0" or not launched()
+
+
+def note(message: str) -> None:
+    """A status line on stderr, from rank 0 only under torchrun."""
+    if is_main():
+        click.echo(message, err=True)
+
 
 DEFAULT_WIDTHS = "0.25:1.0:0.025"
 DISPLAY = ["model", "width", "mflops", "params_m", "top1", "top5", "bn", "seconds"]
@@ -41,6 +55,9 @@ class Group(click.Group):
     1 for everything else the user can fix."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if launched() and os.environ.get("RANK", "0") != "0":
+            # under torchrun rank 0 prints; the others only report errors
+            sys.stdout = open(os.devnull, "w")
         try:
             return super().invoke(ctx)
         except UsageError as exc:
@@ -58,7 +75,7 @@ def emit(df: pd.DataFrame, csv_path: str | None, as_json: bool) -> None:
     else:
         click.echo(df.to_string(index=False))
     if csv_path:
-        click.echo(f"wrote {len(df)} rows to {csv_path}", err=True)
+        note(f"wrote {len(df)} rows to {csv_path}")
 
 
 def parse_stages(values: tuple[str, ...], num_stages: int) -> list[int]:
@@ -135,7 +152,7 @@ def check_device(device: str) -> str:
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu")
-    return device
+    return local_device(device)
 
 
 def sweep_options(fn):
@@ -224,11 +241,11 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
                                    "rerun the same command to resume") from None
-    if not no_plot:
+    if not no_plot and is_main():
         paths = plot_spectrum(df, Path(out).with_suffix(""), x=x, title=df["model"].iloc[0])
-        click.echo(f"plot: {', '.join(map(str, paths))}", err=True)
+        note(f"plot: {', '.join(map(str, paths))}")
     emit(df[DISPLAY], None, as_json)
-    click.echo(f"results: {out}", err=True)
+    note(f"results: {out}")
 
 
 @cli.command("calibrate")
@@ -363,7 +380,7 @@ def train_cmd(**kw) -> None:
         raise click.ClickException(f"interrupted; {config.out} holds the last finished epoch; "
                                    "rerun with --resume to continue") from None
     click.echo(result.log.to_string(index=False))
-    click.echo(f"checkpoint: {result.checkpoint}", err=True)
+    note(f"checkpoint: {result.checkpoint}")
 
 
 @cli.command("compare")
@@ -394,7 +411,7 @@ def compare_cmd(checkpoints, data, widths, out, labels, no_plot, as_json, **kw) 
         raise click.ClickException(f"interrupted; finished rows are kept in {out}/; "
                                    "rerun the same command to resume") from None
     emit(df[DISPLAY], None, as_json)
-    click.echo(f"results: {Path(out) / 'compare.csv'}", err=True)
+    note(f"results: {Path(out) / 'compare.csv'}")
 
 
 @cli.command("slim-stage")
@@ -434,9 +451,9 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
             raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
                                        "rerun the same command to resume") from None
     for w in caught:
-        click.echo(f"Warning: {w.message}", err=True)
+        note(f"Warning: {w.message}")
     emit(df[DISPLAY], None, as_json)
-    click.echo(f"results: {out}", err=True)
+    note(f"results: {out}")
 
 
 @cli.command("export")
@@ -466,7 +483,7 @@ def export_cmd(checkpoint: str, width: str, out: str, fmt: str, data: str | None
     model, note = prepare_width(checkpoint, width, data, calib_images=calib_images, seed=seed,
                                 allow_extrapolate=allow_extrapolate)
     if note:
-        click.echo(f"Warning: {note}", err=True)
+        note(f"Warning: {note}")
     if fmt == "auto":
         fmt = "export" if str(out).endswith(".pt2") else "torchscript"
     meta = export_width(model, width, out, fmt)

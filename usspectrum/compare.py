@@ -11,6 +11,7 @@ from typing import Sequence
 import pandas as pd
 
 from .checkpoint import load_checkpoint
+from .distributed import context
 from .errors import USSpectrumError, UsageError
 from .plot import plot_spectrum
 from .results import write_table
@@ -49,6 +50,8 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
         if model.kind == "slimmable":
             marked[label] = [str(WidthConfig(s)) for s in model.switches]
     df = pd.concat(frames, ignore_index=True)
+    if not context(settings.device).is_main:
+        return df
     write_table(df, out_dir / "compare.csv")
     if plot:
         plot_spectrum(df, out_dir / "compare", marked=marked, x=x,
@@ -77,7 +80,7 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: S
     configs = [WidthConfig.coerce(c) for c in configs]
     configs = configs + stage_variants(configs, list(stages), ratio)
     df = sweep(model, data, configs, out, settings)
-    if plot:
+    if plot and context(settings.device).is_main:
         plot_spectrum(df, Path(out).with_suffix(""), x=x,
                       title=f"Slimming single stages by x{ratio} (nonuniform US-Net)")
     return df

@@ -197,6 +197,23 @@ def seeded_subset(dataset: Dataset, count: int | None, seed: int, what: str) -> 
     return Subset(dataset, indices.tolist())
 
 
+class SeededSamples(Dataset):
+    """Each item's random augmentation is seeded by (``seed``, item index),
+    so it does not depend on which worker or process loads it: a run split
+    over processes sees exactly the images one process would."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_033 + int(index)) % (2**63 - 1))
+            return self.dataset[index]
+
+
 def default_workers() -> int:
     """Decoding workers: leave one core for the network on small machines."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -204,8 +221,11 @@ def default_workers() -> int:
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int | None = None,
                 shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, batch_sampler=None) -> DataLoader:
     workers = default_workers() if workers is None else workers
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                          persistent_workers=False, pin_memory=False)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, drop_last=drop_last,
                       persistent_workers=False, pin_memory=False)

@@ -88,6 +88,8 @@ class SlimBatchNormBase(nn.Module):
         self.calibrated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.active_key: str | None = None
         self._calibration: dict[str, _Calibration] | None = None
+        # set by training under torchrun: batch statistics over all processes
+        self.sync_group = None
 
     # subclasses --------------------------------------------------------
     def affine(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +128,9 @@ class SlimBatchNormBase(nn.Module):
                                 1.0 / cal.batches, self.eps)
         if self.training:
             mean, var = self.running(channels)
+            if self.sync_group is not None:
+                return _sync_batch_norm(x, mean, var, weight, bias, self.momentum, self.eps,
+                                        self.sync_group)
             return F.batch_norm(x, mean, var, weight, bias, True, self.momentum, self.eps)
         mean, var = self.eval_stats(channels, x.device)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
@@ -140,6 +145,36 @@ class SlimBatchNormBase(nn.Module):
         else:
             mean, var = self.running(channels)
         return (mean, var) if device is None else (mean.to(device), var.to(device))
+
+
+def _sync_batch_norm(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                     weight: torch.Tensor, bias: torch.Tensor, momentum: float, eps: float,
+                     group) -> torch.Tensor:
+    """Training-mode BN whose batch statistics cover the batches of every
+    process (the global batch), differentiably: the same result as one
+    process running the whole batch. Two all-reduces: count and sum, then
+    the sum of squared deviations (stabler than sum of squares)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    dims = (0, 2, 3)
+    local = torch.cat([x.new_tensor([x.numel() / x.shape[1]]), x.sum(dims)])
+    total = all_reduce(local, group=group)
+    count, mean = total[0], total[1:] / total[0]
+    centered = x - mean.view(1, -1, 1, 1)
+    var = all_reduce((centered * centered).sum(dims), group=group) / count
+    with torch.no_grad():
+        unbiased = var * (count / (count - 1).clamp(min=1))
+        running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+        running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+    scale = weight * torch.rsqrt(var + eps)
+    return centered * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def set_sync_group(model: nn.Module, group) -> None:
+    """Make every slimmable BN of ``model`` compute training statistics over
+    the processes of ``group`` (``None``: this process only)."""
+    for _, bn in slim_batchnorms(model):
+        bn.sync_group = group
 
 
 class USBatchNorm2d(SlimBatchNormBase):

@@ -23,10 +23,12 @@ import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .calibration import Calibrator, DenseCalibrator, get_bn_stats, is_calibrated, set_bn_stats
+from .calibration import (Calibrator, DenseCalibrator, average_across_processes, get_bn_stats,
+                          is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
 from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset)
 from .dense import to_dense
+from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
 from .evaluate import Accuracy, evaluate_nets
 from .flops import FlopCounter
@@ -108,6 +110,7 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     """Measure ``checkpoint`` at every width; returns a DataFrame with
     :data:`COLUMNS` (including rows resumed from ``out``)."""
     settings = dataclasses.replace(settings or SweepSettings(), **overrides)
+    ctx = context(settings.device)
     model = (checkpoint if isinstance(checkpoint, nn.Module)
              else load_checkpoint(checkpoint, device=settings.device))
     model.to(settings.device).eval()
@@ -116,8 +119,14 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     spec = meta["image"]
     label = label or (Path(meta["path"]).stem if meta.get("path") else model.arch["name"])
 
-    writer = RowWriter(out, COLUMNS) if out is not None else None
-    done = _resumable_rows(writer, meta, settings) if writer else pd.DataFrame(columns=COLUMNS)
+    # only rank 0 touches the CSV; the others learn from it what is left to do
+    def open_results():
+        writer = RowWriter(out, COLUMNS) if out is not None else None
+        return writer, (_resumable_rows(writer, meta, settings) if writer
+                        else pd.DataFrame(columns=COLUMNS))
+
+    writer, done = on_main(open_results, ctx)
+    writer = writer if ctx.is_main else None
     todo = [c for c in configs if str(c) not in set(done["width"].astype(str))]
 
     rows: list[dict] = []
@@ -140,18 +149,19 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
                 "eval_images": len(val)}
         step = settings.widths_per_pass or len(todo)
         bar = tqdm(total=len(todo), desc=f"sweep {label}", unit="width",
-                   disable=not settings.progress, leave=True)
+                   disable=not (settings.progress and ctx.is_main), leave=True)
         try:
             for start in range(0, len(todo), step):
                 chunk = todo[start:start + step]
                 partial = state_path(out) if out is not None else None
-                for row in _run_pass(model, chunk, calib, val, settings, counter, bar, partial):
+                for row in _run_pass(model, chunk, calib, val, settings, counter, bar, partial, ctx):
                     row = {**base, **row}
                     rows.append(row)
                     if writer:
                         writer.append(row)
-                if partial is not None:
+                if partial is not None and ctx.is_main:
                     partial.unlink(missing_ok=True)
+                barrier(ctx)
                 bar.update(len(chunk))
         finally:
             bar.close()
@@ -182,27 +192,41 @@ def _signature(chunk, settings: SweepSettings, meta: dict, calib, val) -> dict:
             "calib_images": len(calib) if calib is not None else 0, "eval_images": len(val)}
 
 
-def _run_pass(model, chunk, calib, val, settings, counter, bar, partial) -> list[dict]:
+def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
+              ctx: Context = Context()) -> list[dict]:
     """Calibrate and evaluate the widths of ``chunk`` in one pass each over
-    the calibration and evaluation data; returns their rows."""
+    the calibration and evaluation data; returns their rows.
+
+    Under torchrun each process calibrates on its share of the calibration
+    batches and evaluates its shard of the images; statistics and counts are
+    combined across processes. Only rank 0 keeps the partial-pass file, and
+    there only the calibrated statistics (evaluation restarts with the pass)."""
     mode = settings.calibration
     to_calibrate = [c for c in chunk if mode == "always" or (mode == "auto" and not is_calibrated(model, c))]
     source = {str(c): ("calibrated" if c in to_calibrate else
                        "stored" if is_calibrated(model, c) else "running") for c in chunk}
     signature = _signature(chunk, settings, model.meta, calib, val)
-    state = (PassState.load(partial, signature) if partial else None) or PassState(signature)
+    state = on_main(lambda: PassState.load(partial, signature) if partial else None, ctx) \
+        or PassState(signature)
+    if ctx.enabled:  # per-process progress cannot be resumed by another split
+        state.batches, state.counts, state.seconds = 0, {}, {}
+    save_progress = partial is not None and not ctx.enabled
 
     if to_calibrate and not state.calibrated:
-        _calibrate_pass(model, to_calibrate, calib, settings, bar, state)
-        if partial:
+        _calibrate_pass(model, to_calibrate, calib, settings, bar, state, ctx)
+        if partial and ctx.is_main:
             state.save(partial)
     elif to_calibrate:
         set_bn_stats(model, state.bn_stats)
 
     model.eval()
     nets = {str(c): to_dense(model, c) if settings.dense else _AtWidth(model, c) for c in chunk}
+    for config in chunk:
+        state.counts.setdefault(str(config), Accuracy())
     remaining = val
-    if state.batches:
+    if ctx.enabled:
+        remaining = Subset(val, shard_indices(len(val), ctx))
+    elif state.batches:
         remaining = Subset(val, range(state.batches * settings.batch_size, len(val)))
     loader = make_loader(remaining, settings.batch_size, settings.workers)
     last_save = time.monotonic()
@@ -215,27 +239,43 @@ def _run_pass(model, chunk, calib, val, settings, counter, bar, partial) -> list
             for key, value in seconds.items():
                 state.add_seconds(f"eval:{key}", value)
             state.batches += 1
-            if partial and time.monotonic() - last_save > settings.save_every:
+            if save_progress and time.monotonic() - last_save > settings.save_every:
                 state.save(partial)
                 last_save = time.monotonic()
     except BaseException:
-        if partial:
+        if save_progress:
             state.save(partial)
         raise
     finally:
         model.set_width(previous)
     del loader
+    if ctx.enabled:
+        keys = [str(c) for c in chunk]
+        flat = sum_counts([v for k in keys for v in (state.counts[k].top1_correct,
+                                                     state.counts[k].top5_correct,
+                                                     state.counts[k].images)])
+        state.counts = {k: Accuracy(*flat[3 * i:3 * i + 3]) for i, k in enumerate(keys)}
+        settings = dataclasses.replace(settings, latency=settings.latency and ctx.is_main)
     return [_row(model, config, nets[str(config)], counter, state, source, settings, len(chunk))
             for config in chunk]
 
 
-def _calibrate_pass(model, to_calibrate, calib, settings, bar, state: PassState) -> None:
-    loader = make_loader(calib, settings.batch_size, settings.workers)
-    calibrator = DenseCalibrator if settings.dense else Calibrator
+def _calibrate_pass(model, to_calibrate, calib, settings, bar, state: PassState,
+                    ctx: Context = Context()) -> None:
     start = time.perf_counter()
-    with calibrator(model, to_calibrate) as cal:
+    if ctx.enabled:
+        loader = make_loader(calib, settings.batch_size, settings.workers,
+                             batch_sampler=BatchShard(len(calib), settings.batch_size, ctx))
+        cal = DenseCalibrator(model, to_calibrate, allow_empty=True)
+    else:
+        loader = make_loader(calib, settings.batch_size, settings.workers)
+        cal = (DenseCalibrator if settings.dense else Calibrator)(model, to_calibrate)
+    with cal:
         for images, _ in _timed(_progress(loader, bar, f"calibrate {len(to_calibrate)} widths"), state):
             cal.update(images.to(settings.device))
+    if ctx.enabled:
+        average_across_processes(model, to_calibrate, cal.batches)
+        cal.images = sum_counts([cal.images])[0]
     total = time.perf_counter() - start
     per_width = getattr(cal, "seconds", None)
     for config in to_calibrate:

@@ -22,17 +22,20 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .calibration import calibrate, clear_bn_stats
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import (ImageSpec, class_names, eval_transform, first_image_size, make_loader,
-                   open_split, seeded_subset, train_transform)
+from .data import (ImageSpec, SeededSamples, class_names, eval_transform, first_image_size,
+                   make_loader, open_split, seeded_subset, train_transform)
+from .distributed import (GlobalBatchShard, all_sum, barrier, check_world, context, local_device,
+                          on_main)
 from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate
-from .layers import SlimBatchNormBase, SlimConv2d
+from .layers import SlimBatchNormBase, SlimConv2d, set_sync_group
 from .models import KINDS, create_model
 from .results import RowWriter
 from .width import WidthConfig
@@ -194,6 +197,43 @@ def individual_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return [loss.item()]
 
 
+class SandwichLoss(nn.Module):
+    """Every width of one training step in a single forward, returning the
+    per-width losses. Under torchrun the model is trained through
+    ``DistributedDataParallel(SandwichLoss(...))``: one forward and one
+    backward per step, so DDP averages the summed gradient of all widths
+    once. The losses are those of :func:`us_step`, :func:`slimmable_step`
+    and :func:`individual_step`."""
+
+    def __init__(self, model: nn.Module, kind: str, criterion: Callable, distill: bool,
+                 switches: Sequence[float]) -> None:
+        super().__init__()
+        self.model, self.kind, self.criterion = model, kind, criterion
+        self.distill, self.switches = distill, tuple(switches)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor,
+                widths: Sequence[WidthConfig] | None = None) -> torch.Tensor:
+        if self.kind == "us":
+            self.model.set_width(widths[0])
+            logits = self.model(images)
+            losses = [self.criterion(logits, labels)]
+            soft = F.softmax(logits.detach(), dim=1)
+            for width in widths[1:]:
+                self.model.set_width(width)
+                logits = self.model(images)
+                losses.append(soft_cross_entropy(logits, soft) if self.distill
+                              else self.criterion(logits, labels))
+        elif self.kind == "slimmable":
+            losses = []
+            for width in sorted(self.switches, reverse=True):
+                self.model.set_width(width)
+                losses.append(self.criterion(self.model(images), labels))
+        else:
+            self.model.set_width(1.0)
+            losses = [self.criterion(self.model(images), labels)]
+        return torch.stack(losses)
+
+
 # --- shared plumbing -----------------------------------------------------------
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -242,7 +282,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
-    device = torch.device(config.device)
+    device = torch.device(local_device(config.device))
+    ctx = context(device)
+    check_world(ctx, str(device))
 
     # data
     raw_train = open_split(config.data, "train")
@@ -250,8 +292,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     spec = ImageSpec.for_size(size)
     stem = config.stem or ("cifar" if size < 64 else "imagenet")
     classes = class_names(raw_train)
-    train_set = seeded_subset(open_split(config.data, "train", train_transform(spec, config.flip)),
-                              config.train_images, config.seed, "--train-images")
+    train_set = SeededSamples(seeded_subset(
+        open_split(config.data, "train", train_transform(spec, config.flip)),
+        config.train_images, config.seed, "--train-images"))
     val_set = open_split(config.data, "val", eval_transform(spec))
     if config.val_images is not None:
         val_set = seeded_subset(val_set, min(config.val_images, len(val_set)), config.seed,
@@ -272,7 +315,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     model = create_model(config.arch, **kwargs).to(device)
     optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = len(GlobalBatchShard(len(train_set), config.batch_size, 0, ctx))
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -280,31 +323,48 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     start_epoch = 0
-    log_writer = RowWriter(_log_path(out), LOG_COLUMNS, required=("epoch",))
+    log_writer = on_main(lambda: RowWriter(_log_path(out), LOG_COLUMNS, required=("epoch",)), ctx)
     if config.resume:
+        # every process reads the checkpoint (under torchrun --out must be on shared storage)
         start_epoch = _restore(out, config, model, optimizer, scheduler, device)
-        _truncate_log(log_writer, start_epoch)
-    elif log_writer.path.exists():
+        if ctx.is_main:
+            _truncate_log(log_writer, start_epoch)
+    elif ctx.is_main and log_writer.path.exists():
         log_writer.path.unlink()
+    step_loss = SandwichLoss(model, config.kind, criterion, config.inplace_distill, config.switches)
+    ddp = None
+    if ctx.enabled:
+        # batch statistics over the global batch, gradients averaged by DDP
+        set_sync_group(model, dist.group.WORLD)
+        ddp = nn.parallel.DistributedDataParallel(
+            step_loss, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)
 
     step_widths: list = []
+    dtype = next(model.parameters()).dtype  # float32 unless the caller changed the default
     lo, hi = config.trained_widths
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(epoch_seed(config.seed, epoch, 0))
         sampler = SandwichSampler(config.width_range, config.num_sample, len(model.slots),
                                   config.nonuniform, random.Random(epoch_seed(config.seed, epoch, 1)))
-        loader = make_loader(train_set, config.batch_size, config.workers, shuffle=True,
-                             generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 2)))
+        train_set.seed = epoch_seed(config.seed, epoch, 3)
+        batches = GlobalBatchShard(len(train_set), config.batch_size,
+                                   epoch_seed(config.seed, epoch, 2), ctx)
+        loader = make_loader(train_set, config.batch_size, config.workers, batch_sampler=batches)
         model.train()
         started, images_seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(loader, desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not config.progress, leave=False)
+                   disable=not (config.progress and ctx.is_main), leave=False)
         for images, labels in bar:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device, dtype), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
-            if config.kind == "us":
-                widths = sampler.draw()
+            widths = sampler.draw() if config.kind == "us" else None
+            if widths is not None:
                 step_widths.append([str(w) for w in widths])
+            count = labels.numel()
+            if ddp is not None:
+                losses, count = _distributed_step(ddp, images, labels, widths, ctx)
+            elif config.kind == "us":
                 losses = us_step(model, images, labels, widths, criterion, config.inplace_distill)
             elif config.kind == "slimmable":
                 losses = slimmable_step(model, images, labels, config.switches, criterion)
@@ -312,8 +372,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
                 losses = individual_step(model, images, labels, criterion)
             optimizer.step()
             scheduler.step()
-            images_seen += labels.numel()
-            loss_sum += losses[0] * labels.numel()
+            images_seen += count
+            loss_sum += losses[0] * count
             rate = images_seen / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{losses[0]:.3f}", img_s=f"{rate:.0f}")
         bar.close()
@@ -325,14 +385,30 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             row.update(_quick_eval(model, config, calib_set, val_set, device))
         model.set_width(1.0)
-        _save(model, out, config, classes, spec, optimizer, scheduler, epoch + 1, row)
-        log_writer.append(row)
-        if config.progress:
+        if ctx.is_main:
+            _save(model, out, config, classes, spec, optimizer, scheduler, epoch + 1, row)
+            log_writer.append(row)
+        barrier(ctx)
+        if config.progress and ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}, {row['images_per_s']:.1f} img/s, "
                        f"top1 {row.get('top1_smallest', float('nan')):.2f}% @ {lo}, "
                        f"{row.get('top1_largest', float('nan')):.2f}% @ {hi}")
-    log = log_writer.existing()
+    log = on_main(lambda: log_writer.existing(), ctx)
+    set_sync_group(model, None)
     return TrainResult(model.eval(), log, out, step_widths)
+
+
+def _distributed_step(ddp: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      widths, ctx) -> tuple[list[float], int]:
+    """One step of one process under torchrun. Each loss is the mean over
+    this process's share of the global batch; scaling it by
+    ``world * local / global`` makes DDP's average of gradients the gradient
+    of the mean over the global batch, even when the shares differ by one."""
+    local = labels.numel()
+    total = int(all_sum(torch.tensor([float(local)], device=images.device)).item())
+    losses = ddp(images, labels, widths)
+    (losses.sum() * (ctx.world * local / total)).backward()
+    return [float(v) for v in losses.detach().cpu()], total
 
 
 def _quick_eval(model, config, calib_set, val_set, device) -> dict:
@@ -340,9 +416,14 @@ def _quick_eval(model, config, calib_set, val_set, device) -> dict:
     calibrated first; the others use their tracked BN statistics)."""
     lo, hi = config.trained_widths
     widths = [lo, hi]
+    dtype = next(model.parameters()).dtype
+
+    def batches(dataset):
+        return ((x.to(dtype), y) for x, y in make_loader(dataset, 200, config.workers))
+
     if config.kind == "us":
-        calibrate(model, make_loader(calib_set, 200, config.workers), widths, device)
-    accuracy = evaluate(model, make_loader(val_set, 200, config.workers), widths, device)
+        calibrate(model, batches(calib_set), widths, device)
+    accuracy = evaluate(model, batches(val_set), widths, device)
     clear_bn_stats(model)  # sweeps calibrate with their own settings
     model.train()
     return {"top1_smallest": round(accuracy[str(WidthConfig(lo))].top1, 3),
