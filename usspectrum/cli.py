@@ -480,10 +480,10 @@ def export_cmd(checkpoint: str, width: str, out: str, fmt: str, data: str | None
     """
     from .export import export_width, prepare_width
 
-    model, note = prepare_width(checkpoint, width, data, calib_images=calib_images, seed=seed,
+    model, warning = prepare_width(checkpoint, width, data, calib_images=calib_images, seed=seed,
                                 allow_extrapolate=allow_extrapolate)
-    if note:
-        note(f"Warning: {note}")
+    if warning:
+        note(f"Warning: {warning}")
     if fmt == "auto":
         fmt = "export" if str(out).endswith(".pt2") else "torchscript"
     meta = export_width(model, width, out, fmt)
