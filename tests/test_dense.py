@@ -213,7 +213,7 @@ LOAD_WITHOUT_USSPECTRUM = """
 import json, sys, torch
 sys.modules["usspectrum"] = None  # importing it would fail
 path, fmt, x_path, out_path = sys.argv[1:]
-x = torch.load(x_path)
+x = torch.load(x_path, weights_only=True)
 if fmt == "torchscript":
     files = {"usspectrum.json": ""}
     net = torch.jit.load(path, _extra_files=files)
