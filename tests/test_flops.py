@@ -89,3 +89,22 @@ def test_count_restores_the_models_width(counter):
     counter.model.set_width(0.4)
     counter.at(0.9)
     assert str(counter.model.width_config) == "0.4"
+
+
+@pytest.mark.parametrize("kind", ["us_mobilenet_v1", "s_mobilenet_v1", "mobilenet_v1"])
+def test_dense_trace_counts_like_the_sliced_trace(kind):
+    # the counter traces the width's dense copy; tracing the slimmable model
+    # itself is the slow way that must give the same numbers
+    model = usspectrum.create_model(kind, stem="cifar", num_classes=10, average_output=True) \
+        if kind.startswith("us_") else usspectrum.create_model(kind, stem="cifar", num_classes=10)
+    widths = (0.5, 1.0) if kind.startswith("s_") else ("0.4", "0.75@s5x0.6", 1.0)
+    if kind == "mobilenet_v1":
+        widths = (1.0,)
+    for w in widths:
+        model.set_width(w)
+        fast = usspectrum.FlopCounter(model, 32)._count_dense()
+        slow = usspectrum.FlopCounter(model, 32)._count_sliced()
+        assert (fast.flops, fast.params) == (slow.flops, slow.params)
+        for name, flops in slow.by_module.items():
+            if flops:
+                assert fast.by_module[name] == flops, name

@@ -83,6 +83,32 @@ class FlopCounter:
             model.set_width(previous)
 
     def _count(self) -> Cost:
+        try:
+            self.model.layer_sequence()
+        except NotImplementedError:
+            return self._count_sliced()
+        return self._count_dense()
+
+    def _count_dense(self) -> Cost:
+        """Trace the width's dense copy (BN kept, not folded): the same
+        operations as the sliced model, traced about 4x faster."""
+        from .dense import to_dense
+
+        net = to_dense(self.model, fold_bn=False, channels_last=False)
+        total, layers = self._analyse(net)
+        by_module: Counter = Counter()
+        for key, flops in layers.items():
+            if key not in net.sources:
+                continue
+            name = net.sources[key]
+            parts = name.split(".")
+            for i in range(len(parts) + 1):
+                by_module[".".join(parts[:i])] += flops
+        by_module[""] = total
+        params = sum(p.numel() for p in net.parameters())
+        return Cost(int(total), int(params), dict(by_module))
+
+    def _count_sliced(self) -> Cost:
         model = self.model
         was_training = model.training
         model.eval()
@@ -92,33 +118,41 @@ class FlopCounter:
             nonlocal params
             params += _module_params(module, inputs[0].shape[1])
 
-        leaves = [m for m in model.modules()
-                  if next(m.parameters(recurse=False), None) is not None]
+        # a switchable BN holds one nn.BatchNorm2d per switch but never calls
+        # them, so the hook goes on the slimmable BN itself
+        inside_bn = {id(c) for m in model.modules() if isinstance(m, SlimBatchNormBase)
+                     for c in m.modules() if c is not m}
+        leaves = [m for m in model.modules() if id(m) not in inside_bn and (
+            isinstance(m, SlimBatchNormBase) or next(m.parameters(recurse=False), None) is not None)]
         handles = [m.register_forward_hook(hook) for m in leaves]
-        param = next(model.parameters())
-        x = torch.zeros(1, 3, self.image_size, self.image_size,
-                        dtype=param.dtype, device=param.device)
         try:
-            with _quiet():
-                from fvcore.nn import FlopCountAnalysis
-            analysis = FlopCountAnalysis(model, x)
-            # fvcore 0.1.5's set_op_handle(name, None) leaves the default
-            # handler in place, so BN is silenced with a handler counting 0.
-            analysis.set_op_handle("aten::batch_norm", _count_nothing)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            # fvcore traces with torch.jit, which logs and warns on slicing.
-            with _quiet():
-                total = analysis.total()
-                by_module = dict(analysis.by_module())
+            total, by_module = self._analyse(model)
             params = 0
             with torch.no_grad():
-                model(x)
+                model(self._input(model))
         finally:
             for h in handles:
                 h.remove()
             model.train(was_training)
         return Cost(int(total), int(params), by_module)
+
+    def _input(self, model: nn.Module) -> torch.Tensor:
+        param = next(model.parameters())
+        return torch.zeros(1, 3, self.image_size, self.image_size,
+                           dtype=param.dtype, device=param.device)
+
+    def _analyse(self, model: nn.Module) -> tuple[int, dict[str, int]]:
+        with _quiet():
+            from fvcore.nn import FlopCountAnalysis
+        analysis = FlopCountAnalysis(model, self._input(model))
+        # fvcore 0.1.5's set_op_handle(name, None) leaves the default
+        # handler in place, so BN is silenced with a handler counting 0.
+        analysis.set_op_handle("aten::batch_norm", _count_nothing)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        # fvcore traces with torch.jit, which logs and warns on slicing.
+        with _quiet():
+            return analysis.total(), dict(analysis.by_module())
 
 
 def _count_nothing(_inputs, _outputs) -> Counter:

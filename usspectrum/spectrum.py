@@ -27,7 +27,7 @@ from .calibration import (Calibrator, DenseCalibrator, average_across_processes,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
 from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset)
-from .dense import to_dense
+from .dense import for_evaluation, to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
 from .evaluate import Accuracy, evaluate_nets
@@ -220,7 +220,9 @@ def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
         set_bn_stats(model, state.bn_stats)
 
     model.eval()
-    nets = {str(c): to_dense(model, c) if settings.dense else _AtWidth(model, c) for c in chunk}
+    size = model.meta["image"].image_size
+    nets = {str(c): for_evaluation(to_dense(model, c), size) if settings.dense else _AtWidth(model, c)
+            for c in chunk}
     for config in chunk:
         state.counts.setdefault(str(config), Accuracy())
     remaining = val
