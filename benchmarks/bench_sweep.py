@@ -36,6 +36,7 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import usspectrum
+from usspectrum.allocator import keep_freed_memory
 from usspectrum.checkpoint import load_checkpoint, save_checkpoint
 from usspectrum.dense import to_dense
 from usspectrum.flops import FlopCounter
@@ -148,8 +149,7 @@ def throughput_section(model, batch: int, repeats: int, image_size: int, macs_at
           f"{'proj/ref':>9} {'proj/fused':>10} {'proj/sliced':>11} {'same top-1':>10}")
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     for width in (0.25, 0.5, 0.75, 1.0):
-        plain = reference_dense(model, width)
-        paths = {"project": to_dense(model, width), "ref": plain,
+        paths = {"project": to_dense(model, width), "ref": reference_dense(model, width),
                  "fused": fused_reference(reference_dense(model, width)),
                  "sliced": Sliced(model, width)}
         with torch.no_grad():
@@ -179,7 +179,7 @@ def sweep_section(ckpt: Path, data: Path, eval_images: int | None, calib_images:
     n_eval = eval_images or len(list((data / "val").rglob("*.*")))
     print(f"\n## 31-width sweep (0.25:1.0:0.025), {n_eval} eval + {calib_images} calibration "
           f"images, batch 200")
-    print(f"{'path':<26} {'wall s':>8} {'load s':>8} {'calib s':>8} {'eval s':>8}")
+    print(f"{'path':<26} {'wall s':>8} {'load s':>8} {'calib s':>8} {'eval s':>8} {'other s':>8}")
     frames = {}
     for name, kw in runs.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +187,9 @@ def sweep_section(ckpt: Path, data: Path, eval_images: int | None, calib_images:
             df = usspectrum.sweep(ckpt, data, widths, Path(tmp) / "s.csv", **kw)
             wall = time.perf_counter() - start
         frames[name] = df
-        print(f"{name:<26} {wall:>8.1f} {df.load_seconds.sum():>8.1f} "
-              f"{df.calib_seconds.sum():>8.1f} {df.eval_seconds.sum():>8.1f}", flush=True)
+        parts = [df.load_seconds.sum(), df.calib_seconds.sum(), df.eval_seconds.sum()]
+        print(f"{name:<26} {wall:>8.1f} {parts[0]:>8.1f} {parts[1]:>8.1f} {parts[2]:>8.1f} "
+              f"{wall - sum(parts):>8.1f}", flush=True)
         frames[name].attrs["wall"] = wall
     if len(frames) == 2:
         fast, slow = frames.values()
@@ -220,8 +221,10 @@ def main() -> None:
     data = Path(args.data)
     if not (data / "val").is_dir():
         raise SystemExit(f"no CIFAR-10 ImageFolder at {data}; pass --data")
+    # what usspectrum does in every sweep; done first so every path gets it
+    kept = keep_freed_memory()
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; freed memory kept for reuse: {kept}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
             ckpt = Path(args.checkpoint)

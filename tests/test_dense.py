@@ -14,7 +14,7 @@ import usspectrum.spectrum as spectrum
 from usspectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats
 from usspectrum.checkpoint import load_checkpoint, save_checkpoint
 from usspectrum.cli import cli
-from usspectrum.dense import fit_sub_batch, last_level_cache_bytes, to_dense
+from usspectrum.dense import to_dense
 from usspectrum.evaluate import evaluate
 from usspectrum.passstate import state_path
 from usspectrum.results import RowWriter
@@ -36,31 +36,6 @@ MODELS = {
     "s-net": lambda: randomized("s_mobilenet_v1"),
     "individual": lambda: randomized("mobilenet_v1"),
 }
-
-
-def test_sub_batches_give_each_image_the_same_result():
-    model = MODELS["us-averaged"]()
-    net = to_dense(model, 0.6)
-    x = torch.randn(10, 3, 32, 32)
-    with torch.no_grad():
-        whole = net(x)
-        net.sub_batch = 3  # 3 + 3 + 3 + 1
-        sliced = net(x)
-    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-6)
-    assert torch.equal(sliced.argmax(1), whole.argmax(1))
-
-
-def test_sub_batch_keeps_the_largest_activation_within_budget():
-    model = MODELS["us-averaged"]()
-    # the CIFAR stem keeps 32 x 32 maps through block 1, whose pointwise conv
-    # gives 64 channels at width 1.0 and 32 at 0.5: the largest activations
-    for width, channels in ((1.0, 64), (0.5, 32)):
-        net = to_dense(model, width)
-        peak = channels * 32 * 32 * 4
-        assert net.peak_activation_bytes(32) == peak
-        assert fit_sub_batch(net, 32, budget_bytes=5 * peak + 1) == 5
-        assert fit_sub_batch(net, 32, budget_bytes=peak // 2) == 1
-    assert last_level_cache_bytes() >= 1 << 16
 
 
 @pytest.mark.parametrize("kind", MODELS)

@@ -11,6 +11,7 @@ import click
 import pandas as pd
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .errors import USSpectrumError, UsageError
 from .flops import flops_table
 from .calibration import calibrate_checkpoint
@@ -55,6 +56,7 @@ class Group(click.Group):
     1 for everything else the user can fix."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        keep_freed_memory()
         if launched() and os.environ.get("RANK", "0") != "0":
             # under torchrun rank 0 prints; the others only report errors
             sys.stdout = open(os.devnull, "w")

@@ -8,21 +8,11 @@ front of it (with the statistics that width would use in eval mode) and
 stores everything channels-last, which is what oneDNN's CPU convolutions
 prefer. The result is a standalone ``nn.Sequential`` that needs nothing from
 usspectrum to run, trace or export.
-
-On a CPU, a large batch whose early activations (32 x 32 maps of 64
-channels are 256 KB an image) overflow the last-level cache runs slower than
-the same batch in slices that fit: every layer then reads its input from
-cache instead of memory (1.15x to 1.5x measured at widths 0.625 to 1.0 of the
-CIFAR-stem MobileNet v1). :func:`fit_sub_batch` picks that slice size and
-``DenseNet.sub_batch`` applies it; each image's result does not depend on
-the slicing.
 """
 from __future__ import annotations
 
 import copy
-import functools
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -37,8 +27,7 @@ class DenseNet(nn.Sequential):
     ``width`` is the width string it was built from, ``sources`` maps each
     layer's name to the name of the slimmable module it came from (a folded
     BN has no layer of its own), ``bn_sources`` does the same for unfolded BN
-    layers. ``sub_batch`` (0: off) runs larger batches in slices of that many
-    images."""
+    layers."""
 
     def __init__(self, layers: "OrderedDict[str, nn.Module]", width: str,
                  channels_last: bool, sources: dict[str, str]) -> None:
@@ -48,30 +37,13 @@ class DenseNet(nn.Sequential):
         self.sources = sources
         self.bn_sources = {k: v for k, v in sources.items()
                            if isinstance(layers[k], nn.modules.batchnorm._BatchNorm)}
-        self.sub_batch = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sub_batch and x.shape[0] > self.sub_batch:
-            return torch.cat([self._chain(part) for part in x.split(self.sub_batch)])
-        return self._chain(x)
-
-    def _chain(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for layer in self:
             x = layer(x)
         return x
-
-    @torch.no_grad()
-    def peak_activation_bytes(self, image_size: int) -> int:
-        """Bytes of the largest layer output for one image."""
-        param = next(self.parameters())
-        x = torch.zeros(1, 3, image_size, image_size, dtype=param.dtype, device=param.device)
-        peak = x.numel() * x.element_size()
-        for layer in self:
-            x = layer(x)
-            peak = max(peak, x.numel() * x.element_size())
-        return peak
 
 
 @torch.no_grad()
@@ -167,34 +139,3 @@ def _dense_bn(bn: SlimBatchNormBase, channels: int) -> nn.BatchNorm2d:
     layer.running_mean.copy_(mean)
     layer.running_var.copy_(var)
     return layer
-
-
-@functools.lru_cache(maxsize=1)
-def last_level_cache_bytes() -> int:
-    """Size of this machine's largest CPU cache (Linux sysfs; 32 MiB when
-    it cannot be read)."""
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = entry.read_text().strip().upper()
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        try:
-            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
-        except ValueError:
-            continue
-    return max(sizes, default=32 << 20)
-
-
-def fit_sub_batch(net: DenseNet, image_size: int, budget_bytes: int | None = None) -> int:
-    """How many images to run at once so that ``net``'s largest activation
-    stays within ``budget_bytes`` (default: 60% of the last-level cache,
-    where the measured cliff lies); 0 on GPUs, where slicing only costs."""
-    if next(net.parameters()).device.type != "cpu":
-        return 0
-    budget = budget_bytes if budget_bytes is not None else int(0.6 * last_level_cache_bytes())
-    return max(1, budget // net.peak_activation_bytes(image_size))
-
-
-def for_evaluation(net: DenseNet, image_size: int) -> DenseNet:
-    """``net`` set to run large batches in cache-sized slices."""
-    net.sub_batch = fit_sub_batch(net, image_size)
-    return net

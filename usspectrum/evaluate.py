@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-import itertools
 import time
 from typing import Iterable, Mapping, Sequence
 
@@ -49,15 +48,9 @@ def evaluate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
     device = device or next(model.parameters()).device
     configs = [WidthConfig.coerce(w) for w in widths]
     if dense:
-        from .dense import for_evaluation, to_dense
+        from .dense import to_dense
 
-        iterator = iter(batches)
-        first = next(iterator, None)
-        if first is None:
-            return {str(c): Accuracy() for c in configs}
-        size = first[0].shape[-1]
-        nets = {str(c): for_evaluation(to_dense(model, c), size) for c in configs}
-        return evaluate_nets(nets, itertools.chain([first], iterator), device)
+        return evaluate_nets({str(c): to_dense(model, c) for c in configs}, batches, device)
     results = {str(c): Accuracy() for c in configs}
     previous, was_training = model.width_config, model.training
     model.eval()

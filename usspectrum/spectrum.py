@@ -23,11 +23,12 @@ import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .calibration import (Calibrator, DenseCalibrator, average_across_processes, get_bn_stats,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
 from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset)
-from .dense import for_evaluation, to_dense
+from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
 from .evaluate import Accuracy, evaluate_nets
@@ -110,6 +111,7 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     """Measure ``checkpoint`` at every width; returns a DataFrame with
     :data:`COLUMNS` (including rows resumed from ``out``)."""
     settings = dataclasses.replace(settings or SweepSettings(), **overrides)
+    keep_freed_memory()
     ctx = context(settings.device)
     model = (checkpoint if isinstance(checkpoint, nn.Module)
              else load_checkpoint(checkpoint, device=settings.device))
@@ -220,9 +222,7 @@ def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
         set_bn_stats(model, state.bn_stats)
 
     model.eval()
-    size = model.meta["image"].image_size
-    nets = {str(c): for_evaluation(to_dense(model, c), size) if settings.dense else _AtWidth(model, c)
-            for c in chunk}
+    nets = {str(c): to_dense(model, c) if settings.dense else _AtWidth(model, c) for c in chunk}
     for config in chunk:
         state.counts.setdefault(str(config), Accuracy())
     remaining = val

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .calibration import calibrate, clear_bn_stats
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import (ImageSpec, SeededSamples, class_names, eval_transform, first_image_size,
@@ -279,6 +280,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train one model as ``config`` says; checkpoints after every epoch."""
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     config.validate()
+    keep_freed_memory()
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
