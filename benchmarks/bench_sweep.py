@@ -1,7 +1,8 @@
 """How fast is a spectrum? Everything measured side by side in one run.
 
 1. Evaluation throughput at widths 0.25/0.5/0.75/1.0 of
-   - the project's path (the dense BN-folded channels-last copy the sweep runs),
+   - the project's path (the dense BN-folded channels-last copy the sweep runs,
+     convs fused with their ReLU6),
    - two dense references built here, independently, from the sliced weights:
      the plain nn.Conv2d/nn.BatchNorm2d/ReLU6 network a user would write
      (NCHW), and the same after torch's own conv-BN fusion in channels-last,
@@ -149,7 +150,8 @@ def throughput_section(model, batch: int, repeats: int, image_size: int, macs_at
           f"{'proj/ref':>9} {'proj/fused':>10} {'proj/sliced':>11} {'same top-1':>10}")
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     for width in (0.25, 0.5, 0.75, 1.0):
-        paths = {"project": to_dense(model, width), "ref": reference_dense(model, width),
+        paths = {"project": to_dense(model, width, fuse_activations=True),
+                 "ref": reference_dense(model, width),
                  "fused": fused_reference(reference_dense(model, width)),
                  "sliced": Sliced(model, width)}
         with torch.no_grad():

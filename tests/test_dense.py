@@ -14,7 +14,7 @@ import usspectrum.spectrum as spectrum
 from usspectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats
 from usspectrum.checkpoint import load_checkpoint, save_checkpoint
 from usspectrum.cli import cli
-from usspectrum.dense import to_dense
+from usspectrum.dense import ConvClamp, to_dense
 from usspectrum.evaluate import evaluate
 from usspectrum.passstate import state_path
 from usspectrum.results import RowWriter
@@ -36,6 +36,24 @@ MODELS = {
     "s-net": lambda: randomized("s_mobilenet_v1"),
     "individual": lambda: randomized("mobilenet_v1"),
 }
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_fused_conv_clamp_computes_what_conv_then_relu6_computes(kind):
+    model = MODELS[kind]()
+    x = torch.randn(5, 3, 32, 32) * 3
+    for width in WIDTHS:
+        plain = to_dense(model, width)
+        fused = to_dense(model, width, fuse_activations=True)
+        convs = sum(isinstance(m, nn.Conv2d) for m in plain)
+        assert sum(isinstance(m, ConvClamp) for m in fused) == convs  # every conv has a ReLU6
+        assert not any(isinstance(m, nn.ReLU6) for m in fused)
+        with torch.no_grad():
+            expected = plain(x)
+            torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-6)
+            # float64 takes the conv-then-clamp route
+            torch.testing.assert_close(fused.double()(x.double()).float(), expected,
+                                       rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", MODELS)

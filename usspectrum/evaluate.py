@@ -50,7 +50,8 @@ def evaluate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
     if dense:
         from .dense import to_dense
 
-        return evaluate_nets({str(c): to_dense(model, c) for c in configs}, batches, device)
+        nets = {str(c): to_dense(model, c, fuse_activations=True) for c in configs}
+        return evaluate_nets(nets, batches, device)
     results = {str(c): Accuracy() for c in configs}
     previous, was_training = model.width_config, model.training
     model.eval()

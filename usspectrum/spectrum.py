@@ -222,7 +222,8 @@ def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
         set_bn_stats(model, state.bn_stats)
 
     model.eval()
-    nets = {str(c): to_dense(model, c) if settings.dense else _AtWidth(model, c) for c in chunk}
+    nets = {str(c): to_dense(model, c, fuse_activations=True) if settings.dense
+            else _AtWidth(model, c) for c in chunk}
     for config in chunk:
         state.counts.setdefault(str(config), Accuracy())
     remaining = val
