@@ -265,7 +265,7 @@ def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
 
 def _calibrate_pass(model, to_calibrate, calib, settings, bar, state: PassState,
                     ctx: Context = Context()) -> None:
-    start = time.perf_counter()
+    start, waited = time.perf_counter(), state.seconds.get("load", 0.0)
     if ctx.enabled:
         loader = make_loader(calib, settings.batch_size, settings.workers,
                              batch_sampler=BatchShard(len(calib), settings.batch_size, ctx))
@@ -279,7 +279,8 @@ def _calibrate_pass(model, to_calibrate, calib, settings, bar, state: PassState,
     if ctx.enabled:
         average_across_processes(model, to_calibrate, cal.batches)
         cal.images = sum_counts([cal.images])[0]
-    total = time.perf_counter() - start
+    # waits for data are counted as load, not calibration
+    total = time.perf_counter() - start - (state.seconds.get("load", 0.0) - waited)
     per_width = getattr(cal, "seconds", None)
     for config in to_calibrate:
         key = str(config)
