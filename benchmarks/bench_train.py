@@ -20,6 +20,7 @@ import torch.nn as nn
 
 import usspectrum
 from usspectrum.data import ImageSpec, make_loader, open_split, seeded_subset, train_transform
+from usspectrum.allocator import keep_freed_memory
 from usspectrum.training import SandwichSampler, individual_step, param_groups, slimmable_step, us_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's defaults instead of what `usspectrum train` sets")
     args = parser.parse_args()
 
     spec = ImageSpec.for_size(args.image_size)
@@ -65,6 +68,8 @@ def main() -> None:
     batches = list(make_loader(subset, args.batch_size, shuffle=True,
                                generator=torch.Generator().manual_seed(0)))
     decode = len(subset) / (time.perf_counter() - started)
+    kept = False if args.default_malloc else keep_freed_memory()
+    print(f"freed memory kept for reuse (as `usspectrum train` does): {kept}")
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; CIFAR-10 at {args.image_size}x{args.image_size}, "
           f"batch {args.batch_size}, {args.steps} timed steps")
