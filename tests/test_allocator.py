@@ -17,9 +17,10 @@ kept = keep_freed_memory()
 x = torch.ones(16 << 20)  # 64 MiB, above glibc's largest automatic mmap threshold
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.mul(x, 2)  # first allocation of that size: faults either way
+for _ in range(2):  # first allocations of that size fault either way
+    torch.mul(x, 2)
 start = faults()
-for _ in range(5):
+for _ in range(10):
     torch.mul(x, 2)
 print(kept, faults() - start)
 """
@@ -37,10 +38,11 @@ def test_kept_memory_is_reused_without_page_faults():
     default, default_faults = run_probe("0")
     assert kept and not default
     pages = (64 << 20) // 4096
-    # each fresh 64 MiB mapping faults in its pages; reused heap memory does not
-    assert faults < pages // 4 and default_faults > faults
+    # each fresh 64 MiB mapping faults in its pages; reused heap memory does
+    # not (one more growth of the heap may happen while it settles)
+    assert faults < 2 * pages
     if "[always]" not in _transparent_huge_pages():  # 2 MiB pages fault 512x less
-        assert default_faults > 4 * pages * 0.9
+        assert default_faults > 8 * pages
 
 
 def _transparent_huge_pages() -> str:
