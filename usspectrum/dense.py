@@ -12,6 +12,7 @@ usspectrum to run, trace or export.
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 
 import torch
@@ -157,27 +158,21 @@ class ConvClamp(nn.Module):
         self.conv, self.lo, self.hi = conv, float(lo), float(hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _pointwise_conv() is not None:
-            return _pointwise_conv()(x, conv.weight, conv.bias, list(conv.padding),
-                                     list(conv.stride), list(conv.dilation), conv.groups,
-                                     "hardtanh", [self.lo, self.hi], "")
+        conv, fused = self.conv, _pointwise_conv()
+        if fused is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+            return fused(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                         list(conv.dilation), conv.groups, "hardtanh", [self.lo, self.hi], "")
         return F.hardtanh(conv(x), self.lo, self.hi)
 
 
+@functools.lru_cache(maxsize=None)
 def _pointwise_conv():
     """oneDNN's fused conv + elementwise op, or None where this torch lacks it."""
-    global _POINTWISE
-    if _POINTWISE is False:
-        try:
-            op = torch.ops.mkldnn._convolution_pointwise
-            _POINTWISE = op if torch.backends.mkldnn.is_available() else None
-        except (AttributeError, RuntimeError):
-            _POINTWISE = None
-    return _POINTWISE
-
-
-_POINTWISE = False  # not looked up yet
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+    return op if torch.backends.mkldnn.is_available() else None
 
 
 def _fuse_activations(layers: "OrderedDict[str, nn.Module]") -> "OrderedDict[str, nn.Module]":
