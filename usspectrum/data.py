@@ -8,6 +8,7 @@ Two on-disk layouts are read: an ImageFolder root with ``train/`` and
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,14 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+try:  # deprecated in torchvision 0.29 (superseded by TorchCodec); PIL is the fallback
+    from torchvision.io import ImageReadMode as _ImageReadMode
+    from torchvision.io import decode_image as _decode_image, read_file as _read_file
+except ImportError:  # pragma: no cover - torchvision without image decoders
+    _decode_image = None
 
 from .errors import USSpectrumError, UsageError
 
@@ -54,14 +63,90 @@ class ImageSpec:
                    None if d.get("resize") is None else int(d["resize"]))
 
 
-def eval_transform(spec: ImageSpec) -> transforms.Compose:
-    steps: list = []
-    if spec.resize is not None:
-        steps += [transforms.Resize(spec.resize), transforms.CenterCrop(spec.image_size)]
-    else:
-        steps += [transforms.Resize((spec.image_size, spec.image_size))]
-    return transforms.Compose(steps + [transforms.ToTensor(),
-                                       transforms.Normalize(spec.mean, spec.std)])
+class EvalTransform:
+    """Evaluation preprocessing: resize/crop as ``spec`` says, then a float
+    tensor normalised with the spec's mean and std.
+
+    Takes PIL images or uint8 ``(3, H, W)`` tensors (see :func:`read_image`)
+    and gives exactly the floats of ``ToTensor()`` + ``Normalize()``: the
+    same float32 operations in the same order. A tensor that already has the
+    model's size and needs no resize skips PIL altogether."""
+
+    accepts_tensors = True  # open_split may hand it decoded tensors
+
+    def __init__(self, spec: ImageSpec) -> None:
+        self.spec = spec
+        size = spec.image_size
+        self.geometry = ([transforms.Resize(spec.resize), transforms.CenterCrop(size)]
+                         if spec.resize is not None else [transforms.Resize((size, size))])
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        size = self.spec.image_size
+        if isinstance(image, torch.Tensor):
+            if self.spec.resize is None and tuple(image.shape[-2:]) == (size, size):
+                pixels = image
+            else:
+                image = TF.to_pil_image(image)
+        if not isinstance(image, torch.Tensor):
+            for step in self.geometry:
+                image = step(image)
+            pixels = TF.pil_to_tensor(image)
+        return pixels.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        steps = ", ".join(map(repr, self.geometry))
+        return f"EvalTransform([{steps}], mean={self.spec.mean}, std={self.spec.std})"
+
+
+def eval_transform(spec: ImageSpec) -> EvalTransform:
+    """The evaluation preprocessing of ``spec`` (see :class:`EvalTransform`)."""
+    return EvalTransform(spec)
+
+
+_DECODED_AS_TENSORS = (".jpg", ".jpeg", ".png")
+
+
+def read_image(path: str) -> torch.Tensor:
+    """An image file as RGB uint8 ``(3, H, W)`` pixels: the pixels
+    ImageFolder's PIL loader gives, without its float conversions.
+
+    JPEG and PNG files are decoded by torchvision while it still can (it
+    deprecated its decoders in 0.29): half PIL's time, and on this project's
+    machine the same pixels for all 10,000 CIFAR-10 validation JPEGs. PNGs
+    with palettes, alpha or 16 bits, CMYK JPEGs, other formats, and
+    torchvision builds without decoders go through PIL."""
+    if _decode_image is not None and path.lower().endswith(_DECODED_AS_TENSORS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = _read_file(path)
+            try:
+                pixels = (_decode_image(data, mode=_ImageReadMode.UNCHANGED)
+                          if _plain_colours(data) else None)
+            except RuntimeError:
+                pixels = None
+        if pixels is not None and pixels.dtype == torch.uint8 and pixels.ndim == 3:
+            if pixels.shape[0] == 3:
+                return pixels
+            if pixels.shape[0] == 1:  # greyscale: PIL's convert("RGB") repeats it
+                return pixels.repeat(3, 1, 1)
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return TF.pil_to_tensor(image)
+
+
+_PNG_SIGNATURE = bytes([137, 80, 78, 71, 13, 10, 26, 10])
+
+
+def _plain_colours(data: torch.Tensor) -> bool:
+    """False for PNGs other than 8-bit grey or RGB (palettes, alpha, 16 bits),
+    whose conversion to RGB is left to PIL."""
+    if data.numel() < 26 or bytes(data[:8].tolist()) != _PNG_SIGNATURE:
+        return True  # not a PNG: JPEG channels are checked after decoding
+    return int(data[24]) == 8 and int(data[25]) in (0, 2)
 
 
 def train_transform(spec: ImageSpec, flip: bool = True) -> transforms.Compose:
@@ -86,7 +171,7 @@ def first_image_size(dataset: Dataset) -> int:
         image = base[0][0]
     finally:
         base.transform = transform
-    return max(image.size)
+    return max(image.shape[-2:]) if isinstance(image, torch.Tensor) else max(image.size)
 
 
 def _cifar_root(root: Path) -> Path | None:
@@ -152,7 +237,9 @@ def open_split(root: str | os.PathLike, split: str, transform=None) -> Dataset:
                          "with train/ and val/ (ImageFolder) or cifar-10-batches-py/")
     if (root / split).is_dir():
         try:
-            return datasets.ImageFolder(str(root / split), transform=transform)
+            loader = (read_image if getattr(transform, "accepts_tensors", False)
+                      else datasets.folder.default_loader)
+            return datasets.ImageFolder(str(root / split), transform=transform, loader=loader)
         except (FileNotFoundError, RuntimeError) as exc:
             raise USSpectrumError(f"cannot read {root / split} as an ImageFolder: {exc}") from None
     cifar = _cifar_root(root)
