@@ -1,5 +1,7 @@
 """BN calibration: cumulative averages of batch statistics, nothing else touched."""
 import copy
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -133,3 +135,23 @@ def test_batch_stats_average_like_batchnorm_with_cumulative_momentum():
     mean, var = stats.statistics()
     torch.testing.assert_close(mean, bn.running_mean)
     torch.testing.assert_close(var, bn.running_var)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_stats_with_its_relu6_equal_batchnorm_then_relu6(channels_last):
+    # the clamp runs fused with the normalisation (oneDNN) on CPU float32
+    bn = torch.nn.BatchNorm2d(5, momentum=None).train()
+    with torch.no_grad():
+        bn.weight.uniform_(-4, 4)  # negative scales flip the clamp's side
+        bn.bias.uniform_(-1, 1)
+    stats = BatchStats(bn, clamp=(0.0, 6.0))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 7, 7, generator=g) * 4 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.nn.functional.relu6(bn(x))
+        out = stats(x)
+    assert out.shape == expected.shape
+    assert out.min() >= 0 and out.max() <= 6 and (out == 6).any() and (out == 0).any()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

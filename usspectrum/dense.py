@@ -158,7 +158,7 @@ class ConvClamp(nn.Module):
         self.conv, self.lo, self.hi = conv, float(lo), float(hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, fused = self.conv, _pointwise_conv()
+        conv, fused = self.conv, fused_conv_op()
         if fused is not None and x.device.type == "cpu" and x.dtype == torch.float32:
             return fused(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
                          list(conv.dilation), conv.groups, "hardtanh", [self.lo, self.hi], "")
@@ -166,7 +166,7 @@ class ConvClamp(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def _pointwise_conv():
+def fused_conv_op():
     """oneDNN's fused conv + elementwise op, or None where this torch lacks it."""
     try:
         op = torch.ops.mkldnn._convolution_pointwise
