@@ -52,19 +52,25 @@ def evaluate(model: nn.Module, batches: Iterable, widths: Sequence[WidthLike],
 
         nets = {str(c): to_dense(model, c, fuse_activations=True) for c in configs}
         return evaluate_nets(nets, batches, device)
-    results = {str(c): Accuracy() for c in configs}
     previous, was_training = model.width_config, model.training
     model.eval()
     try:
-        for images, labels in batches:
-            images, labels = images.to(device), labels.to(device)
-            for config in configs:
-                model.set_width(config)
-                results[str(config)].add(model(images), labels)
+        return evaluate_nets({str(c): SlicedAtWidth(model, c) for c in configs}, batches, device)
     finally:
         model.set_width(previous)
         model.train(was_training)
-    return results
+
+
+class SlicedAtWidth:
+    """The slimmable model at one width, callable like a dense copy: the
+    reference path, which slices the full weights on every forward."""
+
+    def __init__(self, model: nn.Module, config: WidthConfig) -> None:
+        self.model, self.config = model, config
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.set_width(self.config)
+        return self.model(x)
 
 
 @torch.no_grad()

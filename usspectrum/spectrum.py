@@ -31,7 +31,7 @@ from .data import (check_classes, eval_transform, make_loader, open_split, seede
 from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
-from .evaluate import Accuracy, evaluate_nets
+from .evaluate import Accuracy, SlicedAtWidth, evaluate_nets
 from .flops import FlopCounter
 from .latency import measure_speed
 from .passstate import PassState, state_path
@@ -175,18 +175,6 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     return result.sort_values("width", key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
 
 
-class _AtWidth:
-    """The sliced model at one width, callable like a dense copy (the
-    reference path: weights sliced on every forward)."""
-
-    def __init__(self, model: nn.Module, config: WidthConfig) -> None:
-        self.model, self.config = model, config
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.set_width(self.config)
-        return self.model(x)
-
-
 def _signature(chunk, settings: SweepSettings, meta: dict, calib, val) -> dict:
     return {"widths": [str(c) for c in chunk], "fingerprint": meta.get("fingerprint", ""),
             "seed": settings.seed, "batch_size": settings.batch_size,
@@ -223,7 +211,7 @@ def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
 
     model.eval()
     nets = {str(c): to_dense(model, c, fuse_activations=True) if settings.dense
-            else _AtWidth(model, c) for c in chunk}
+            else SlicedAtWidth(model, c) for c in chunk}
     for config in chunk:
         state.counts.setdefault(str(config), Accuracy())
     remaining = val
