@@ -170,6 +170,36 @@ def throughput_section(model, batch: int, repeats: int, image_size: int, macs_at
                   f"{100 * achieved / peak:.1f}% of peak")
 
 
+def decoding_section(data: Path, spec, images: int = 2000) -> None:
+    """Per-image cost of the evaluation preprocessing on one thread: the
+    project's (uint8 pixels, exact ToTensor + Normalize floats) against
+    ImageFolder's PIL loader with ToTensor + Normalize."""
+    from torchvision import datasets, transforms
+
+    geometry = ([transforms.Resize(spec.resize), transforms.CenterCrop(spec.image_size)]
+                if spec.resize is not None else [transforms.Resize((spec.image_size,) * 2)])
+    plain = datasets.ImageFolder(str(data / "val"), transform=transforms.Compose(
+        geometry + [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]))
+    ours = usspectrum.data.open_split(data, "val", usspectrum.data.eval_transform(spec))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        times = {"project": [], "PIL+ToTensor": []}
+        for _ in range(3):
+            for name, ds in (("project", ours), ("PIL+ToTensor", plain)):
+                start = time.perf_counter()
+                for i in range(images):
+                    ds[i]
+                times[name].append((time.perf_counter() - start) / images * 1e6)
+        same = all(torch.equal(ours[i][0], plain[i][0]) for i in range(0, images, 7))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (min(v) for v in times.values())
+    print(f"\n## decoding + preprocessing, one thread, {images} val images (best of 3)")
+    print(f"project {a:.1f} us/image, PIL + ToTensor + Normalize {b:.1f} us/image: {b / a:.2f}x; "
+          f"identical floats: {same}")
+
+
 def sweep_section(ckpt: Path, data: Path, eval_images: int | None, calib_images: int,
                   workers: int | None, skip_baseline: bool) -> None:
     widths = "0.25:1.0:0.025"
@@ -247,6 +277,7 @@ def main() -> None:
         peak = matmul_peak()
         macs = FlopCounter(model, size).at(1.0).flops
         throughput_section(model, args.batch, args.repeats, size, macs, peak)
+        decoding_section(data, model.meta["image"])
         sweep_section(ckpt, data, args.eval_images, args.calib_images, args.workers,
                       args.skip_baseline_sweep)
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import usspectrum
-from usspectrum.calibration import (BatchStats, Calibrator, DenseCalibrator, calibrate, get_bn_stats,
-                                    is_calibrated)
+from usspectrum.calibration import (BatchStats, Calibrator, DenseCalibrator, batch_moments, calibrate,
+                                    get_bn_stats, is_calibrated)
 from usspectrum.checkpoint import load_checkpoint, save_checkpoint
 
 from helpers import CLASSES, make_image_folder, randomize_bn
@@ -139,7 +139,6 @@ def test_batch_stats_average_like_batchnorm_with_cumulative_momentum():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batch_stats_with_its_relu6_equal_batchnorm_then_relu6(channels_last):
-    # the clamp runs fused with the normalisation (oneDNN) on CPU float32
     bn = torch.nn.BatchNorm2d(5, momentum=None).train()
     with torch.no_grad():
         bn.weight.uniform_(-4, 4)  # negative scales flip the clamp's side
@@ -155,3 +154,20 @@ def test_batch_stats_with_its_relu6_equal_batchnorm_then_relu6(channels_last):
     assert out.shape == expected.shape
     assert out.min() >= 0 and out.max() <= 6 and (out == 6).any() and (out == 0).any()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 32, 32), (8, 8, 16, 16)])
+def test_batch_moments_are_float64_accurate(shape):
+    # the first shape takes the chunked kernel path, the second Tensor.sum
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * 0.5 + 0.2).contiguous(memory_format=torch.channels_last)
+    mean, var = batch_moments(x)
+    truth = x.double()
+    true_mean = truth.mean((0, 2, 3))
+    true_var = truth.var((0, 2, 3), unbiased=False)
+    assert mean.dtype == var.dtype == torch.float64
+    assert ((mean - true_mean).abs() / true_var.sqrt()).max() < 1e-6
+    assert ((var - true_var).abs() / true_var).max() < 2e-6
+    if shape[0] == 64:  # the same kernel over the whole batch at once is less accurate
+        _, whole = torch.batch_norm_update_stats(x, None, None, 0.0)
+        assert ((whole.double() - true_var).abs() / true_var).max() > 3 * ((var - true_var).abs() / true_var).max()

@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .allocator import keep_freed_memory
-from .dense import fused_conv_op
 from .layers import slim_batchnorms
 from .width import WidthConfig, WidthLike
 
@@ -157,18 +156,18 @@ class BatchStats(nn.Module):
     batch of 32x32 maps its variances were off by 2.4e-5 (relative) and its
     means by 1.5e-7 standard deviations against float64, 100 times the error
     of a blocked sum. Here the batch goes through that kernel in chunks of at
-    most ``rows_per_chunk`` values per channel, and the chunks' means and
-    variances are merged in float64 (law of total variance): as accurate as a
-    blocked sum, and 4-9 times faster than ``Tensor.sum`` over a channels-last
-    tensor. ``shift`` is what the conv in front already subtracted (see
-    :class:`DenseCalibrator`)."""
+    most ``rows_per_chunk`` values per channel and the chunks' means and
+    variances are merged in float64 (law of total variance); small
+    activations use ``Tensor.sum`` (see :func:`batch_moments`). ``shift`` is
+    what the conv in front already subtracted (see :class:`DenseCalibrator`).
+    ``clamp``: the ReLU6 that follows, applied in place."""
 
     rows_per_chunk = 8192
 
     def __init__(self, bn: nn.BatchNorm2d, clamp: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
-        self.clamp = clamp  # the ReLU6 after the BN, applied in the same pass
+        self.clamp = clamp  # the ReLU6 after the BN, applied in place
         self.shift = torch.zeros_like(bn.running_mean)
         self.reset()
 
@@ -188,19 +187,6 @@ class BatchStats(nn.Module):
         return self._normalize(x, mean, var)
 
     def _normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        fused = fused_conv_op()
-        if (self.clamp is not None and fused is not None and x.device.type == "cpu"
-                and x.dtype == torch.float32 and x.dim() == 4):
-            # x * scale + shift and the clamp in one pass over memory: a 1x1
-            # depthwise conv with oneDNN's fused clamp (8 ms instead of 15 ms
-            # for BN + ReLU6 on a 52 MB activation)
-            channels = x.shape[1]
-            weight = self.weight.double() if self.weight is not None else torch.ones_like(mean)
-            bias = self.bias.double() if self.bias is not None else torch.zeros_like(mean)
-            scale = weight / torch.sqrt(var + self.eps)
-            shift = bias - mean * scale
-            return fused(x, scale.float().view(channels, 1, 1, 1), shift.float(), [0, 0], [1, 1],
-                         [1, 1], channels, "hardtanh", list(self.clamp), "")
         y = F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), self.weight, self.bias,
                          False, 0.0, self.eps)
         return y if self.clamp is None else F.hardtanh(y, *self.clamp, inplace=True)
@@ -214,14 +200,24 @@ class BatchStats(nn.Module):
 
 def batch_moments(x: torch.Tensor, rows_per_chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of ``x`` (N, C, ...) over all
-    but dim 1, in float64, computed chunk by chunk of images (see
-    :class:`BatchStats`)."""
+    but dim 1, in float64 (see :class:`BatchStats`).
+
+    Large activations go through PyTorch's batch-statistics kernel in chunks
+    of images; small ones, and ones with fewer channels than a vector
+    register holds (where that kernel is slow), through ``Tensor.sum``."""
     per_image = x.numel() // (x.shape[0] * x.shape[1])
+    if x.shape[1] < 16 or x.numel() < (1 << 21):
+        n = x.numel() // x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.sum(dims) / n
+        var = ((x * x).sum(dims) / n - mean * mean).clamp_min_(0)
+        return mean.double(), var.double()
     step = max(1, rows_per_chunk // max(1, per_image))
-    parts = [torch.batch_norm_update_stats(part, None, None, 0.0) for part in x.split(step)]
+    chunks = x.split(step)
+    parts = [torch.batch_norm_update_stats(chunk, None, None, 0.0) for chunk in chunks]
     means = torch.stack([m for m, _ in parts]).double()
     variances = torch.stack([v for _, v in parts]).double()
-    sizes = torch.tensor([len(part) for part in x.split(step)], dtype=torch.float64)
+    sizes = torch.tensor([len(chunk) for chunk in chunks], dtype=torch.float64)
     weights = (sizes / sizes.sum()).unsqueeze(1)
     mean = (weights * means).sum(0)
     var = (weights * (variances + (means - mean).square())).sum(0)
