@@ -230,6 +230,11 @@ def sweep_section(ckpt: Path, data: Path, eval_images: int | None, calib_images:
         diff = (fast.top1 - slow.top1).abs().max()
         print(f"speed-up end to end: {ratio:.2f}x (target >= 3x); top-1/top-5 identical at all "
               f"31 widths: {same} (largest top-1 difference {diff:.3f} points)")
+        differ = fast[(fast.top1 != slow.top1) | (fast.top5 != slow.top5)]
+        for _, row in differ.iterrows():
+            other = slow[slow.width == row.width].iloc[0]
+            print(f"  width {row.width}: top-1 {row.top1} vs {other.top1}, "
+                  f"top-5 {row.top5} vs {other.top5}")
     fast = next(iter(frames.values()))
     print("project sweep, per width (s): " + ", ".join(
         f"{w}: {c:.2f}+{e:.2f}" for w, c, e in
