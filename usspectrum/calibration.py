@@ -205,13 +205,13 @@ def batch_moments(x: torch.Tensor, rows_per_chunk: int = 8192) -> tuple[torch.Te
     Large activations go through PyTorch's batch-statistics kernel in chunks
     of images; small ones, and ones with fewer channels than a vector
     register holds (where that kernel is slow), through ``Tensor.sum``."""
-    per_image = x.numel() // (x.shape[0] * x.shape[1])
     if x.shape[1] < 16 or x.numel() < (1 << 21):
         n = x.numel() // x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         mean = x.sum(dims) / n
         var = ((x * x).sum(dims) / n - mean * mean).clamp_min_(0)
         return mean.double(), var.double()
+    per_image = x.numel() // (x.shape[0] * x.shape[1])
     step = max(1, rows_per_chunk // max(1, per_image))
     chunks = x.split(step)
     parts = [torch.batch_norm_update_stats(chunk, None, None, 0.0) for chunk in chunks]

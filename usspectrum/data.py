@@ -83,16 +83,16 @@ class EvalTransform:
         self.std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, image) -> torch.Tensor:
-        size = self.spec.image_size
         if isinstance(image, torch.Tensor):
+            size = self.spec.image_size
             if self.spec.resize is None and tuple(image.shape[-2:]) == (size, size):
-                pixels = image
-            else:
-                image = TF.to_pil_image(image)
-        if not isinstance(image, torch.Tensor):
-            for step in self.geometry:
-                image = step(image)
-            pixels = TF.pil_to_tensor(image)
+                return self._to_float(image)
+            image = TF.to_pil_image(image)
+        for step in self.geometry:
+            image = step(image)
+        return self._to_float(TF.pil_to_tensor(image))
+
+    def _to_float(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
 
     def __repr__(self) -> str:
