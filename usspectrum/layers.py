@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
+from .kernels import depthwise_conv, is_channels_last, pointwise_conv
 from .width import make_divisible
 
 
@@ -42,10 +44,29 @@ class SlimConv2d(nn.Conv2d):
         out, in_per_group, groups = self.active_shape(x.shape[1])
         weight = self.weight[:out, :in_per_group]
         bias = None if self.bias is None else self.bias[:out]
-        y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+        if self._fast_training_path(x):
+            if self.depthwise:
+                y = depthwise_conv(x, weight, self.stride[0], self.padding[0])
+            else:
+                y = pointwise_conv(x, weight)
+        else:
+            y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
         if self.average_output and x.shape[1] != self.in_channels:
             y = y * (self.in_channels / x.shape[1])
         return y
+
+    def _fast_training_path(self, x: torch.Tensor) -> bool:
+        """Whether this training forward can use :mod:`usspectrum.kernels`
+        (same results, faster on the CPU; see ``benchmarks/bench_train.py``)."""
+        if not (kernels.enabled() and self.training and torch.is_grad_enabled()
+                and x.device.type == "cpu"
+                and self.bias is None and is_channels_last(x)
+                and self.dilation == (1, 1) and not torch.jit.is_tracing()):
+            return False
+        if self.depthwise:
+            return self.stride[0] == self.stride[1] and self.padding[0] == self.padding[1]
+        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                and max(x.shape[2:]) <= kernels.POINTWISE_MAX_SIDE)
 
 
 class SlimLinear(nn.Linear):

@@ -315,6 +315,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         kwargs["switches"] = tuple(config.switches)
     torch.manual_seed(config.seed)  # the initial weights are part of the recipe
     model = create_model(config.arch, **kwargs).to(device)
+    memory_format = _training_memory_format(device)
+    model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
     steps_per_epoch = len(GlobalBatchShard(len(train_set), config.batch_size, 0, ctx))
@@ -358,7 +360,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         bar = tqdm(loader, desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (config.progress and ctx.is_main), leave=False)
         for images, labels in bar:
-            images, labels = images.to(device, dtype), labels.to(device)
+            images = images.to(device, dtype).contiguous(memory_format=memory_format)
+            labels = labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             widths = sampler.draw() if config.kind == "us" else None
             if widths is not None:
@@ -398,6 +401,12 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     log = on_main(lambda: log_writer.existing(), ctx)
     set_sync_group(model, None)
     return TrainResult(model.eval(), log, out, step_widths)
+
+
+def _training_memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last on the CPU, where oneDNN's convolutions and
+    :mod:`usspectrum.kernels` want it (see ``benchmarks/bench_train.py``)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def _distributed_step(ddp: nn.Module, images: torch.Tensor, labels: torch.Tensor,
