@@ -1,23 +1,29 @@
-"""Reproduce the seed's Figures 1 and 2 on CIFAR-10 with the CIFAR stem.
+"""Reproduce the seed's Figures 1 and 2 and Table 1 on CIFAR-10.
 
-Trains a nonuniform US-MobileNet v1, a 4-switch S-MobileNet v1 and an
-individual MobileNet v1, then
+Trains, with one recipe and the same number of epochs, full-depth
+MobileNet v1s (CIFAR stem, 32x32) on the whole 50,000-image training split:
 
-* compares their spectra at the same widths after BN calibration
-  (Figure 2)  -> OUT/compare.csv, OUT/compare.png/.svg
-* slims stages 1, 4 and 5 of the US-Net by 0.6 on top of the global width
-  (Figure 1)  -> OUT/slim-stage.csv, OUT/slim-stage.png/.svg
+* ``us-uniform``      US-Net, uniform sandwich widths (Figure 2, Table 1)
+* ``us-nonuniform``   US-Net, per-layer sandwich widths (Figure 1)
+* ``s-net-4switch``   slimmable net at 0.25/0.5/0.75/1.0 (Figure 2)
+* ``individual``      plain net at 1.0, sliced below it (Figure 2)
+* ``us-uniform-avg``  uniform US-Net with output averaging (Table 1)
 
-Every step resumes: rerun the same command after an interruption.
+The models train round-robin, one epoch each in turn, so every model's
+per-epoch log (``<name>-log.csv``: loss, top-1 at the smallest and largest
+width) grows together and an interrupted run loses at most one epoch of one
+model. Then, every width BN-calibrated on 2,000 training images and
+evaluated on all 10,000 validation images:
 
-    python examples/reproduce_cifar10.py                       # ../shared/data/cifar10
-    python examples/reproduce_cifar10.py --data /path/to/imagefolder --out results
+* Figure 2 -> OUT/compare.csv, compare.png/.svg (0.25:1.0:0.05)
+* Figure 1 -> OUT/slim-stage.csv, slim-stage.png/.svg (x0.6 on each stage)
+* Table 1  -> OUT/table1.csv (top-1 error at 0.25/0.5/0.75/1.0)
 
-The defaults were chosen to fit a little over an hour on 2 CPU cores: the
-shallow one-block-per-stage MobileNet v1 (``repeats=(1,1,1,1,1)``, same
-widths and stages as the paper's network) on 32x32 inputs, trained for a few
-epochs on a 25,000-image subset. Pass ``--repeats 1 2 2 6 2`` for the
-paper's depth and more ``--epochs`` on a faster machine.
+Rerunning the same command continues every model from its last finished
+epoch and every sweep from its last finished pass.
+
+    python examples/reproduce_cifar10.py                  # ../shared/data/cifar10
+    python examples/reproduce_cifar10.py --epochs 12 --out results
 """
 from __future__ import annotations
 
@@ -25,52 +31,102 @@ import argparse
 import time
 from pathlib import Path
 
-from usspectrum import SweepSettings, TrainConfig, train
+import pandas as pd
+
+from usspectrum import SweepSettings, TrainConfig, sweep, train
 from usspectrum.compare import compare, slim_stage
+from usspectrum.results import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = (("us", "us-nonuniform"), ("slimmable", "s-net-4switch"), ("individual", "individual"))
+MODELS = {
+    "us-uniform": {"kind": "us"},
+    "us-nonuniform": {"kind": "us", "nonuniform": True},
+    "s-net-4switch": {"kind": "slimmable"},
+    "individual": {"kind": "individual"},
+    "us-uniform-avg": {"kind": "us", "average_output": True},
+}
+TABLE1_WIDTHS = "0.25,0.5,0.75,1.0"
+
+
+def recipe(args: argparse.Namespace) -> TrainConfig:
+    """What every model shares; only the fields of MODELS differ."""
+    return TrainConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=0.5,
+                       repeats=tuple(args.repeats), train_images=args.train_images,
+                       val_images=2000, calib_images=1000, device=args.device,
+                       progress=not args.quiet)
+
+
+def train_all(args: argparse.Namespace, out: Path) -> dict[str, Path]:
+    base = recipe(args)
+    paths = {name: out / f"{name}.pt" for name in MODELS}
+    for epoch in range(1, args.epochs + 1):
+        for name, fields in MODELS.items():
+            started = time.perf_counter()
+            result = train(base, **fields, out=str(paths[name]), stop_after=epoch,
+                           resume=paths[name].exists())
+            last = result.log.iloc[-1] if len(result.log) else None
+            if last is not None and int(last["epoch"]) == epoch:
+                print(f"epoch {epoch}/{args.epochs} {name}: loss {last['loss']:.3f}, "
+                      f"top-1 {last['top1_smallest']:.2f} / {last['top1_largest']:.2f} "
+                      f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return paths
+
+
+def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings) -> pd.DataFrame:
+    """Top-1 error of the uniform US-Net without and with output averaging."""
+    frames = {name: sweep(paths[name], data, TABLE1_WIDTHS, out / f"table1-{name}.csv", settings)
+              for name in ("us-uniform", "us-uniform-avg")}
+    plain, averaged = (frames[n].set_index("width") for n in ("us-uniform", "us-uniform-avg"))
+    table = pd.DataFrame({
+        "width": plain.index,
+        "mflops": plain["mflops"].values,
+        "error_plain": (100 - plain["top1"]).round(2).values,
+        "error_averaged": (100 - averaged.loc[plain.index, "top1"]).round(2).values,
+    })
+    table["averaging_gain"] = (table["error_plain"] - table["error_averaged"]).round(2)
+    write_table(table, out / "table1.csv")
+    return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Figures 1 and 2 of the US-Nets supplementary on CIFAR-10")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--out", default=str(ROOT / "examples" / "results"))
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-images", type=int, default=25000)
-    parser.add_argument("--repeats", type=int, nargs=5, default=(1, 1, 1, 1, 1))
-    parser.add_argument("--eval-images", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--train-images", type=int, default=None, help="default: all")
+    parser.add_argument("--repeats", type=int, nargs=5, default=(1, 2, 2, 6, 2))
+    parser.add_argument("--eval-images", type=int, default=None, help="default: all of val/")
     parser.add_argument("--calib-images", type=int, default=2000)
     parser.add_argument("--widths", default="0.25:1.0:0.05")
     parser.add_argument("--stage-widths", default="0.25:1.0:0.125")
+    parser.add_argument("--train-only", action="store_true", help="stop after training")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    paths = {}
-    for kind, name in KINDS:
-        path = out / f"{name}.pt"
-        t0 = time.perf_counter()
-        train(TrainConfig(kind=kind, data=args.data, out=str(path), epochs=args.epochs,
-                          batch_size=64, lr=0.03, weight_decay=5e-5, warmup_epochs=0.5,
-                          repeats=tuple(args.repeats), nonuniform=kind == "us",
-                          train_images=args.train_images, val_images=1000,
-                          calib_images=1000, eval_every=args.epochs, device=args.device,
-                          resume=path.exists()))
-        print(f"trained {name} in {time.perf_counter() - t0:.0f} s")
-        paths[kind] = path
-
+    paths = train_all(args, out)
+    print(f"training done ({time.perf_counter() - started:.0f} s this run)", flush=True)
+    if args.train_only:
+        return
     settings = SweepSettings(calib_images=args.calib_images, eval_images=args.eval_images,
-                             widths_per_pass=8, device=args.device)
+                             device=args.device, progress=not args.quiet)
     t0 = time.perf_counter()
-    figure2 = compare(list(paths.values()), args.data, args.widths, out, settings)
-    figure1 = slim_stage(paths["us"], args.data, [1, 4, 5], 0.6, args.stage_widths,
-                         out / "slim-stage.csv", settings)
-    print(f"sweeps took {time.perf_counter() - t0:.0f} s; total {time.perf_counter() - started:.0f} s")
+    figure2 = compare([paths[n] for n in ("us-uniform", "s-net-4switch", "individual")],
+                      args.data, args.widths, out, settings)
+    figure1 = slim_stage(paths["us-nonuniform"], args.data, [1, 2, 3, 4, 5], 0.6,
+                         args.stage_widths, out / "slim-stage.csv", settings)
+    errors = table1(paths, args.data, out, settings)
+    print(f"sweeps took {time.perf_counter() - t0:.0f} s")
     print(figure2.pivot(index="width", columns="model", values="top1").to_string())
     print(figure1[["width", "mflops", "top1"]].to_string(index=False))
+    print(errors.to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,33 @@ def test_without_distillation_every_width_learns_from_labels():
     assert losses[1] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
 
 
+def test_mixed_distillation_weights_soft_and_label_losses():
+    model = tiny().train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = us_step(model, x, y, [WidthConfig(1.0), WidthConfig(0.4)],
+                     torch.nn.CrossEntropyLoss(), 0.3)
+    model.load_state_dict(state)
+    model.set_width(1.0)
+    teacher = F.softmax(model(x), dim=1).detach()
+    model.set_width(0.4)
+    small = model(x)
+    soft = -(teacher * F.log_softmax(small, dim=1)).sum(1).mean()
+    assert losses[1] == pytest.approx(0.3 * soft.item() + 0.7 * F.cross_entropy(small, y).item(),
+                                      rel=1e-5)
+
+
+def test_distillation_weight_ramps_in_over_the_first_epochs():
+    config = usspectrum.TrainConfig(distill_weight=0.8, distill_ramp=2.0)
+    weights = [config.distill_weight_at(step, 10) for step in range(25)]
+    assert weights[0] == pytest.approx(0.8 / 20) and weights[9] == pytest.approx(0.4)
+    assert weights[19:] == [pytest.approx(0.8)] * 6
+    assert all(a < b for a, b in zip(weights[:19], weights[1:20]))
+    assert usspectrum.TrainConfig(distill_ramp=0).distill_weight_at(0, 10) == \
+        usspectrum.TrainConfig.distill_weight
+    assert usspectrum.TrainConfig(inplace_distill=False).distill_weight_at(99, 10) == 0.0
+
+
 @pytest.mark.parametrize("name", ["us_mobilenet_v1", "s_mobilenet_v1"])
 def test_no_weight_decay_on_depthwise_convs_and_bn(name):
     model = usspectrum.create_model(name, stem="cifar", num_classes=3)
@@ -161,6 +188,8 @@ def test_checkpoint_describes_itself(tmp_path):
     (["--kind", "slimmable", "--switches", "0", "--switches", "1"], "(0, 1]"),
     (["--kind", "us", "--width-range", "0.9", "0.3"], "inverted"),
     (["--kind", "us", "--resume"], "does not exist yet"),
+    (["--kind", "us", "--distill-weight", "1.5"], "--distill-weight"),
+    (["--kind", "individual", "--average-output"], "US-Nets only"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, args, needle):
     data = make_image_folder(tmp_path / "data", per_class=1, size=16)

@@ -331,7 +331,16 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
               help="US sandwich size: largest, smallest and n-2 random widths.")
 @click.option("--width-range", type=float, nargs=2, default=(0.25, 1.0), show_default=True)
 @click.option("--inplace-distill/--no-inplace-distill", default=True, show_default=True)
+@click.option("--distill-weight", type=float, default=None,
+              help="US: weight of inplace distillation in the small widths' loss, the rest "
+                   "from the labels (1 = the paper's pure distillation) [default: "
+                   f"{TrainConfig.distill_weight}].")
+@click.option("--distill-ramp", type=float, default=None,
+              help="US: epochs over which that weight rises linearly from 0 [default: "
+                   f"{TrainConfig.distill_ramp}].")
 @click.option("--nonuniform", is_flag=True, help="Random sandwich members draw a width per layer.")
+@click.option("--average-output", is_flag=True,
+              help="US: scale each conv's output by full / active input channels (Table 1).")
 @click.option("--switches", type=float, multiple=True, default=(0.25, 0.5, 0.75, 1.0),
               show_default=True, help="S-Net widths (repeat the option).")
 @click.option("--image-size", type=int, default=None, help="Input size [default: the images'].")
@@ -370,6 +379,8 @@ def train_cmd(**kw) -> None:
         warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
         num_sample=kw["num_sample"], width_range=tuple(kw["width_range"]),
         inplace_distill=kw["inplace_distill"], nonuniform=kw["nonuniform"],
+        average_output=kw["average_output"],
+        **{k: kw[k] for k in ("distill_weight", "distill_ramp") if kw[k] is not None},
         switches=tuple(kw["switches"]), image_size=kw["image_size"], stem=kw["stem"],
         repeats=tuple(kw["repeats"]) if kw["repeats"] else None,
         flip=not kw["no_flip"], train_images=kw["train_images"], val_images=kw["val_images"],

@@ -36,6 +36,7 @@ from .distributed import (GlobalBatchShard, all_sum, barrier, check_world, conte
                           on_main)
 from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate
+from .memory_batches import MemoryBatches
 from .layers import SlimBatchNormBase, SlimConv2d, set_sync_group
 from .models import KINDS, create_model
 from .results import RowWriter
@@ -66,7 +67,10 @@ class TrainConfig:
     num_sample: int = 4
     width_range: tuple[float, float] = (0.25, 1.0)
     inplace_distill: bool = True
+    distill_weight: float = 1.0
+    distill_ramp: float = 0.0
     nonuniform: bool = False
+    average_output: bool = False
     switches: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     image_size: int | None = None
     stem: str | None = None
@@ -82,11 +86,13 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     progress: bool = True
+    stop_after: int | None = None  # pause after this many epochs (the schedule spans `epochs`)
 
     # Fields that change what is trained: a resumed run must agree on them.
     RECIPE = ("kind", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
               "schedule", "warmup_epochs", "label_smoothing", "num_sample", "width_range",
-              "inplace_distill", "nonuniform", "switches", "image_size", "stem", "repeats", "flip",
+              "inplace_distill", "distill_weight", "distill_ramp", "nonuniform", "average_output", "switches",
+              "image_size", "stem", "repeats", "flip",
               "train_images", "seed")
 
     def validate(self) -> None:
@@ -99,6 +105,12 @@ class TrainConfig:
             raise UsageError(f"--width-range {lo} {hi} is inverted; give the smaller width first")
         if not self.switches or any(not 0 < s <= 1 for s in self.switches):
             raise UsageError(f"--switches must be widths in (0, 1], got {list(self.switches)}")
+        if self.average_output and self.kind != "us":
+            raise UsageError("--average-output applies to US-Nets only (--kind us)")
+        if self.distill_ramp < 0:
+            raise UsageError("--distill-ramp must be >= 0 epochs")
+        if not 0 <= self.distill_weight <= 1:
+            raise UsageError("--distill-weight must lie in [0, 1]")
         if self.num_sample < 2:
             raise UsageError("--num-sample must be at least 2 (the largest and smallest widths)")
         if self.schedule not in SCHEDULES:
@@ -108,6 +120,15 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise UsageError("--lr must be > 0, --weight-decay >= 0, --label-smoothing in [0, 1)")
+
+    def distill_weight_at(self, step: int, steps_per_epoch: int) -> float:
+        """Weight of inplace distillation (vs labels) for the non-largest
+        widths at 0-based global ``step``: ``distill_weight``, reached by a
+        linear rise over the first ``distill_ramp`` epochs."""
+        if not self.inplace_distill:
+            return 0.0
+        ramp = self.distill_ramp * steps_per_epoch
+        return self.distill_weight * (1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp))
 
     def recipe(self) -> dict:
         d = asdict(self)
@@ -158,10 +179,25 @@ class SandwichSampler:
         return widths
 
 
+def distill_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor,
+                 criterion: Callable, weight: float) -> torch.Tensor:
+    """Loss of a non-largest sandwich width: ``weight`` x inplace distillation
+    from the largest width's soft targets + ``(1 - weight)`` x the label loss
+    (each term alone at weight 1 or 0)."""
+    if weight >= 1:
+        return soft_cross_entropy(logits, soft)
+    if weight <= 0:
+        return criterion(logits, labels)
+    return weight * soft_cross_entropy(logits, soft) + (1 - weight) * criterion(logits, labels)
+
+
 def us_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-            widths: Sequence[WidthConfig], criterion: Callable, distill: bool) -> list[float]:
-    """Sandwich rule: the largest width learns from the labels; with inplace
-    distillation every other width learns from its detached softmax."""
+            widths: Sequence[WidthConfig], criterion: Callable,
+            distill: bool | float) -> list[float]:
+    """Sandwich rule: the largest width learns from the labels, every other
+    width from its detached softmax with weight ``distill`` (True = 1: pure
+    inplace distillation; False = 0: labels only; see :func:`distill_loss`)."""
+    weight = float(distill)
     losses = []
     model.set_width(widths[0])
     logits = model(images)
@@ -171,8 +207,7 @@ def us_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     soft = F.softmax(logits.detach(), dim=1)
     for width in widths[1:]:
         model.set_width(width)
-        logits = model(images)
-        loss = soft_cross_entropy(logits, soft) if distill else criterion(logits, labels)
+        loss = distill_loss(model(images), labels, soft, criterion, weight)
         loss.backward()
         losses.append(loss.item())
     return losses
@@ -206,7 +241,7 @@ class SandwichLoss(nn.Module):
     once. The losses are those of :func:`us_step`, :func:`slimmable_step`
     and :func:`individual_step`."""
 
-    def __init__(self, model: nn.Module, kind: str, criterion: Callable, distill: bool,
+    def __init__(self, model: nn.Module, kind: str, criterion: Callable, distill: bool | float,
                  switches: Sequence[float]) -> None:
         super().__init__()
         self.model, self.kind, self.criterion = model, kind, criterion
@@ -221,9 +256,8 @@ class SandwichLoss(nn.Module):
             soft = F.softmax(logits.detach(), dim=1)
             for width in widths[1:]:
                 self.model.set_width(width)
-                logits = self.model(images)
-                losses.append(soft_cross_entropy(logits, soft) if self.distill
-                              else self.criterion(logits, labels))
+                losses.append(distill_loss(self.model(images), labels, soft, self.criterion,
+                                           float(self.distill)))
         elif self.kind == "slimmable":
             losses = []
             for width in sorted(self.switches, reverse=True):
@@ -297,6 +331,10 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     train_set = SeededSamples(seeded_subset(
         open_split(config.data, "train", train_transform(spec, config.flip)),
         config.train_images, config.seed, "--train-images"))
+    # small images: decoded once, augmented in this process (no worker competing for the cores)
+    memory = MemoryBatches.load(train_set.dataset, spec, config.flip,
+                                key=(str(config.data), os.path.abspath(config.data),
+                                     config.train_images, config.seed))
     val_set = open_split(config.data, "val", eval_transform(spec))
     if config.val_images is not None:
         val_set = seeded_subset(val_set, min(config.val_images, len(val_set)), config.seed,
@@ -311,6 +349,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         kwargs["repeats"] = tuple(config.repeats)
     if config.kind == "us":
         kwargs["width_range"] = tuple(config.width_range)
+        if config.average_output:
+            kwargs["average_output"] = True
     elif config.kind == "slimmable":
         kwargs["switches"] = tuple(config.switches)
     torch.manual_seed(config.seed)  # the initial weights are part of the recipe
@@ -347,19 +387,25 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     step_widths: list = []
     dtype = next(model.parameters()).dtype  # float32 unless the caller changed the default
     lo, hi = config.trained_widths
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+    for epoch in range(start_epoch, end_epoch):
         torch.manual_seed(epoch_seed(config.seed, epoch, 0))
         sampler = SandwichSampler(config.width_range, config.num_sample, len(model.slots),
                                   config.nonuniform, random.Random(epoch_seed(config.seed, epoch, 1)))
         train_set.seed = epoch_seed(config.seed, epoch, 3)
         batches = GlobalBatchShard(len(train_set), config.batch_size,
                                    epoch_seed(config.seed, epoch, 2), ctx)
-        loader = make_loader(train_set, config.batch_size, config.workers, batch_sampler=batches)
+        if memory is not None:
+            memory.seed = train_set.seed
+            loader = memory.batches(batches)
+        else:
+            loader = make_loader(train_set, config.batch_size, config.workers,
+                                 batch_sampler=batches)
         model.train()
         started, images_seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}", unit="batch",
+        bar = tqdm(loader, total=len(batches), desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (config.progress and ctx.is_main), leave=False)
-        for images, labels in bar:
+        for batch_index, (images, labels) in enumerate(bar):
             images = images.to(device, dtype).contiguous(memory_format=memory_format)
             labels = labels.to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -367,10 +413,12 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             if widths is not None:
                 step_widths.append([str(w) for w in widths])
             count = labels.numel()
+            distill = config.distill_weight_at(epoch * steps_per_epoch + batch_index, steps_per_epoch)
+            step_loss.distill = distill
             if ddp is not None:
                 losses, count = _distributed_step(ddp, images, labels, widths, ctx)
             elif config.kind == "us":
-                losses = us_step(model, images, labels, widths, criterion, config.inplace_distill)
+                losses = us_step(model, images, labels, widths, criterion, distill)
             elif config.kind == "slimmable":
                 losses = slimmable_step(model, images, labels, config.switches, criterion)
             else:
@@ -458,7 +506,8 @@ def _restore(out: Path, config: TrainConfig, model, optimizer, scheduler, device
     if state is None or "recipe" not in record:
         raise USSpectrumError(f"--resume: {out} holds no training state; train into a new --out")
     ours = config.recipe()
-    theirs = record["recipe"]
+    # fields added since the checkpoint was written count as their defaults
+    theirs = {**TrainConfig().recipe(), **record["recipe"]}
     differ = [k for k in ours if ours[k] != theirs.get(k)]
     if differ:
         detail = ", ".join(f"{k}={theirs.get(k)!r} (now {ours[k]!r})" for k in differ[:4])
