@@ -92,7 +92,7 @@ def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--out", default=str(ROOT / "examples" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "examples" / "results" / "cifar10"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)

@@ -67,7 +67,7 @@ class TrainConfig:
     num_sample: int = 4
     width_range: tuple[float, float] = (0.25, 1.0)
     inplace_distill: bool = True
-    distill_weight: float = 1.0
+    distill_weight: float = 0.5  # half distillation, half labels: see README "Training"
     distill_ramp: float = 0.0
     nonuniform: bool = False
     average_output: bool = False
