@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .calibration import calibrate, calibrate_checkpoint
+from .calibration import calibrate
+from .stored_calibration import calibrate_checkpoint
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSpec
 from .errors import USSpectrumError, UsageError

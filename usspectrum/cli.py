@@ -14,7 +14,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .errors import USSpectrumError, UsageError
 from .flops import flops_table
-from .calibration import calibrate_checkpoint
+from .stored_calibration import calibrate_checkpoint
 from .compare import compare as run_compare
 from .compare import slim_stage as run_slim_stage
 from .demo import run_demo

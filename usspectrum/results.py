@@ -26,11 +26,21 @@ def ensure_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under the current umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves half a file."""
+    """Write via a temporary file and a rename, so a crash never leaves half
+    a file. The file gets the umask's permissions, like any new file (the
+    temporary file's private 0600 would keep colleagues from reading it)."""
     path = ensure_writable(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

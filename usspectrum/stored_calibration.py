@@ -1,0 +1,47 @@
+"""Calibrate a checkpoint file's BN statistics at chosen widths and store
+them in a copy (``usspectrum calibrate``).
+
+It sits above :mod:`usspectrum.calibration` (the statistics themselves),
+:mod:`usspectrum.checkpoint` and :mod:`usspectrum.spectrum`, so none of
+those needs to import it back.
+"""
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from .calibration import DenseCalibrator, average_across_processes
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import check_classes, eval_transform, make_loader, open_split, seeded_subset
+from .distributed import BatchShard, context, on_main
+from .results import ensure_writable
+from .spectrum import resolve_widths
+
+
+def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
+                         calib_images: int = 2000, seed: int = 0, batch_size: int = 200,
+                         workers: int | None = None, device: str = "cpu",
+                         allow_extrapolate: bool = False, progress: bool = True) -> list[str]:
+    """Calibrate ``checkpoint`` at ``widths`` on ``data``'s train split and
+    save a copy carrying the statistics to ``out``. Returns the width keys."""
+    ctx = context(device)
+    on_main(lambda: ensure_writable(out), ctx)
+    model = load_checkpoint(checkpoint, device=device)
+    configs = resolve_widths(model, widths, allow_extrapolate)
+    train = open_split(data, "train", eval_transform(model.meta["image"]))
+    check_classes(train, model.meta.get("class_names"), f"{data}/train")
+    subset = seeded_subset(train, calib_images, seed, "--calib-images")
+    # under torchrun each process takes every world-th batch; averages are merged after
+    loader = make_loader(subset, batch_size, workers,
+                         batch_sampler=BatchShard(len(subset), batch_size, ctx))
+    batches = tqdm(loader, desc=f"calibrate {len(configs)} widths", unit="batch",
+                   disable=not (progress and ctx.is_main))
+    with DenseCalibrator(model, configs, allow_empty=ctx.enabled) as cal:
+        for images, _ in batches:
+            cal.update(images.to(device))
+    if ctx.enabled:
+        average_across_processes(model, configs, cal.batches)
+    if ctx.is_main:
+        record = dict(model.meta.get("train", {}))
+        record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data)}
+        save_checkpoint(model, out, train=record)
+    return [str(c) for c in configs]
