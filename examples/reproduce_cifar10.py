@@ -28,6 +28,7 @@ epoch and every sweep from its last finished pass.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -91,8 +92,9 @@ def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--out", default=str(ROOT / "examples" / "results" / "cifar10"))
+    # relative defaults: the CSVs record checkpoint paths as given, portable across machines
+    parser.add_argument("--data", default=os.path.relpath(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--out", default=os.path.relpath(ROOT / "examples" / "results" / "cifar10"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)

@@ -142,3 +142,20 @@ def test_sweep_on_real_cifar10(cifar_root, tmp_path):
                           progress=False)
     assert list(df.eval_images) == [64, 64] and list(df.calib_images) == [64, 64]
     assert df.mflops.tolist() == sorted(df.mflops.tolist()) and df.mflops.iloc[1] > 40
+
+
+def test_csv_keeps_the_checkpoint_path_as_given(setup, monkeypatch):
+    tmp, data, ckpt = setup
+    monkeypatch.chdir(tmp)
+    result = CliRunner().invoke(cli, ["sweep", "us.pt", "--data", "data", "--widths", "0.5",
+                                      "--calib-images", "6", "--eval-images", "6",
+                                      "--workers", "0", "-o", "rel.csv", "--quiet"])
+    assert result.exit_code == 0, result.output
+    on_disk = pd.read_csv(tmp / "rel.csv")
+    assert list(on_disk.checkpoint) == ["us.pt"]
+    # a rerun from another folder with another spelling of the same file resumes it
+    (tmp / "sub").mkdir()
+    monkeypatch.chdir(tmp / "sub")
+    df = usspectrum.sweep("../us.pt", "../data", "0.5,1.0", "../rel.csv", **FAST)
+    assert list(df.width.astype(str)) == ["0.5", "1.0"]
+    assert list(pd.read_csv(tmp / "rel.csv").checkpoint) == ["us.pt", "../us.pt"]
