@@ -157,6 +157,12 @@ def check_device(device: str) -> str:
     return local_device(device)
 
 
+SKIP_BAD_IMAGES = click.option(
+    "--skip-bad-images", is_flag=True,
+    help="Leave out image files that cannot be decoded (checked first, one extra decode "
+         "each), warn with their paths and count them in the CSV/log.")
+
+
 def sweep_options(fn):
     """Options shared by the commands that measure spectra."""
     options = [
@@ -186,6 +192,7 @@ def sweep_options(fn):
         click.option("--allow-extrapolate", is_flag=True,
                      help="Allow widths outside the trained range."),
         click.option("--device", default="cpu", show_default=True),
+        SKIP_BAD_IMAGES,
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -199,7 +206,8 @@ def settings_from(kw: dict) -> SweepSettings:
         batch_size=kw.pop("batch_size"), seed=kw.pop("seed"), workers=kw.pop("workers"),
         widths_per_pass=kw.pop("widths_per_pass"), calibration=kw.pop("calibration"),
         allow_extrapolate=kw.pop("allow_extrapolate"), device=check_device(kw.pop("device")),
-        progress=not kw.pop("quiet"), latency=kw.pop("latency"), dense=not kw.pop("sliced"))
+        progress=not kw.pop("quiet"), latency=kw.pop("latency"), dense=not kw.pop("sliced"),
+        skip_bad_images=kw.pop("skip_bad_images"))
 
 
 def x_column(kw: dict, settings: SweepSettings) -> str:
@@ -262,10 +270,11 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
 @click.option("--workers", type=int, default=None)
 @click.option("--allow-extrapolate", is_flag=True)
 @click.option("--device", default="cpu", show_default=True)
+@SKIP_BAD_IMAGES
 @click.option("--quiet", is_flag=True)
 def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_images: int,
                   seed: int, batch_size: int, workers: int | None, allow_extrapolate: bool,
-                  device: str, quiet: bool) -> None:
+                  device: str, skip_bad_images: bool, quiet: bool) -> None:
     """Store calibrated BN statistics per width in a new checkpoint, so later
     sweeps at those widths skip calibration.
 
@@ -277,8 +286,9 @@ def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_image
     keys = calibrate_checkpoint(checkpoint, data, widths, out, calib_images=calib_images,
                                 seed=seed, batch_size=batch_size, workers=workers,
                                 device=check_device(device),
-                                allow_extrapolate=allow_extrapolate, progress=not quiet)
-    click.echo(f"calibrated {len(keys)} widths on {calib_images} images; wrote {out}")
+                                allow_extrapolate=allow_extrapolate, progress=not quiet,
+                                skip_bad_images=skip_bad_images)
+    click.echo(f"calibrated {len(keys)} widths; wrote {out}")
 
 
 @cli.command("plot")
@@ -359,6 +369,7 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
 @click.option("--workers", type=int, default=None)
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
 @click.option("--resume", is_flag=True, help="Continue OUT from its last finished epoch.")
+@SKIP_BAD_IMAGES
 @click.option("--quiet", is_flag=True)
 def train_cmd(**kw) -> None:
     """Train a US-Net (sandwich rule, inplace distillation), a slimmable
@@ -386,7 +397,7 @@ def train_cmd(**kw) -> None:
         flip=not kw["no_flip"], train_images=kw["train_images"], val_images=kw["val_images"],
         calib_images=kw["calib_images"], eval_every=kw["eval_every"], seed=kw["seed"],
         device=check_device(kw["device"]), workers=kw["workers"], threads=kw["threads"],
-        resume=kw["resume"], progress=not kw["quiet"])
+        resume=kw["resume"], progress=not kw["quiet"], skip_bad_images=kw["skip_bad_images"])
     try:
         result = run_train(config)
     except KeyboardInterrupt:

@@ -237,8 +237,8 @@ def open_split(root: str | os.PathLike, split: str, transform=None) -> Dataset:
                          "with train/ and val/ (ImageFolder) or cifar-10-batches-py/")
     if (root / split).is_dir():
         try:
-            loader = (read_image if getattr(transform, "accepts_tensors", False)
-                      else datasets.folder.default_loader)
+            loader = CheckedLoader(read_image if getattr(transform, "accepts_tensors", False)
+                                   else datasets.folder.default_loader)
             return datasets.ImageFolder(str(root / split), transform=transform, loader=loader)
         except (FileNotFoundError, RuntimeError) as exc:
             raise USSpectrumError(f"cannot read {root / split} as an ImageFolder: {exc}") from None
@@ -249,6 +249,74 @@ def open_split(root: str | os.PathLike, split: str, transform=None) -> Dataset:
     raise UsageError(f"{root} has no {split}/ folder (ImageNet layout: {root}/train/<class>/*.jpg "
                      f"and {root}/val/<class>/*.jpg) and no cifar-10-batches-py/; "
                      "point --data at such a folder")
+
+
+SKIP_HINT = "remove or replace the file, or pass --skip-bad-images to leave such files out"
+
+
+class BadImageError(USSpectrumError):
+    """An image file that cannot be decoded, named in one line.
+
+    Raised in a DataLoader worker, it reaches the main process rebuilt from
+    the worker's whole traceback text; the message is cut back to its own
+    line there."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            last = [line for line in message.splitlines() if line.strip()][-1]
+            message = last.split("BadImageError: ", 1)[-1]
+        super().__init__(message)
+
+
+class CheckedLoader:
+    """An image loader whose failures name the file (a class, so DataLoader
+    workers can unpickle it)."""
+
+    def __init__(self, load) -> None:
+        self.load = load
+
+    def __call__(self, path: str):
+        try:
+            return self.load(path)
+        except Exception as exc:  # PIL and torchvision raise many kinds
+            reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+            raise BadImageError(f"cannot read image {path} ({reason}); {SKIP_HINT}") from None
+
+
+def without_bad_images(dataset: Dataset, what: str = "images",
+                       progress: bool = False) -> tuple[Dataset, list[str]]:
+    """``dataset`` minus the files its loader cannot decode, and their paths.
+
+    Every file is decoded once to find out (a truncated JPEG passes a header
+    check), so this costs one extra pass over the files; it is what
+    ``--skip-bad-images`` runs. Data sets not read from files pass through."""
+    base, indices = ((dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset)
+                     else (dataset, list(range(len(dataset)))))
+    if not hasattr(base, "samples") or not hasattr(base, "loader"):
+        return dataset, []
+    from tqdm.auto import tqdm
+
+    keep, bad = [], []
+    for i in tqdm(indices, desc=f"checking {what}", unit="image", disable=not progress,
+                  leave=False):
+        path = base.samples[i][0]
+        try:
+            base.loader(path)
+        except Exception:
+            bad.append(path)
+        else:
+            keep.append(i)
+    if not bad:
+        return dataset, []
+    return Subset(base, keep), bad
+
+
+def warn_skipped(paths: Sequence[str], what: str) -> None:
+    """One warning naming every skipped file."""
+    if paths:
+        shown = ", ".join(paths[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
+        warnings.warn(f"--skip-bad-images: left out {len(paths)} unreadable {what}: {shown}",
+                      stacklevel=2)
 
 
 def class_names(dataset: Dataset) -> list[str]:

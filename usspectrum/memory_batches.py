@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .data import ImageSpec, read_image
-from .errors import USSpectrumError
+from .data import CheckedLoader, ImageSpec, read_image
 
 MAX_BYTES = 2 << 30  # decode into memory only what fits comfortably
 MAX_SIDE = 64
@@ -43,12 +42,12 @@ def _files(dataset: Dataset) -> tuple[list, list[int]] | None:
     return None
 
 
+_read = CheckedLoader(read_image)
+
+
 def _decode(source) -> torch.Tensor:
     if isinstance(source, str):
-        try:
-            return read_image(source)
-        except Exception as exc:  # PIL and torchvision raise many kinds
-            raise USSpectrumError(f"cannot read image {source}: {exc}") from None
+        return _read(source)
     pixels = torch.as_tensor(source)
     return pixels.permute(2, 0, 1).contiguous() if pixels.shape[-1] == 3 else pixels
 

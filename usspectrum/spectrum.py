@@ -27,7 +27,8 @@ from .allocator import keep_freed_memory
 from .calibration import (Calibrator, DenseCalibrator, average_across_processes, get_bn_stats,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
-from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset)
+from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset,
+                   warn_skipped, without_bad_images)
 from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
@@ -40,8 +41,8 @@ from .width import WidthConfig, WidthLike, parse_width_list
 
 COLUMNS = ["model", "arch", "kind", "width", "mflops", "params_m", "top1", "top5",
            "calib_images", "eval_images", "bn", "seconds", "load_seconds", "calib_seconds",
-           "eval_seconds", "latency_ms", "throughput", "image_size", "seed", "checkpoint",
-           "fingerprint"]
+           "eval_seconds", "latency_ms", "throughput", "image_size", "seed", "skipped_images",
+           "checkpoint", "fingerprint"]
 CALIBRATION_MODES = ("auto", "always", "never")
 _TOL = 1e-9
 
@@ -72,6 +73,7 @@ class SweepSettings:
     dense: bool = True
     latency: bool = False
     save_every: float = 30.0
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_MODES:
@@ -137,6 +139,9 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         val = open_split(data, "val", transform)
         check_classes(val, meta.get("class_names"), f"{data}/val")
         val = seeded_subset(val, settings.eval_images, settings.seed, "--eval-images")
+        skipped: list[str] = []
+        if settings.skip_bad_images:
+            val, skipped = without_bad_images(val, "val images", settings.progress and ctx.is_main)
         needs_calibration = settings.calibration == "always" or (
             settings.calibration == "auto" and not all(is_calibrated(model, c) for c in todo))
         calib = None
@@ -144,11 +149,17 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
             train = open_split(data, "train", transform)
             check_classes(train, meta.get("class_names"), f"{data}/train")
             calib = seeded_subset(train, settings.calib_images, settings.seed, "--calib-images")
+            if settings.skip_bad_images:
+                calib, bad = without_bad_images(calib, "calibration images",
+                                                settings.progress and ctx.is_main)
+                skipped += bad
+        if ctx.is_main:
+            warn_skipped(skipped, "images")
         counter = FlopCounter(model, spec.image_size)
         base = {"model": label, "arch": model.arch["name"], "kind": model.kind,
                 "image_size": spec.image_size, "seed": settings.seed,
                 "checkpoint": meta.get("path", ""), "fingerprint": meta.get("fingerprint", ""),
-                "eval_images": len(val)}
+                "eval_images": len(val), "skipped_images": len(skipped)}
         step = settings.widths_per_pass or len(todo)
         bar = tqdm(total=len(todo), desc=f"sweep {label}", unit="width",
                    disable=not (settings.progress and ctx.is_main), leave=True)

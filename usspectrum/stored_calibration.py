@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from .calibration import DenseCalibrator, average_across_processes
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import check_classes, eval_transform, make_loader, open_split, seeded_subset
+from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset,
+                   warn_skipped, without_bad_images)
 from .distributed import BatchShard, context, on_main
 from .results import ensure_writable
 from .spectrum import resolve_widths
@@ -20,7 +21,8 @@ from .spectrum import resolve_widths
 def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
                          calib_images: int = 2000, seed: int = 0, batch_size: int = 200,
                          workers: int | None = None, device: str = "cpu",
-                         allow_extrapolate: bool = False, progress: bool = True) -> list[str]:
+                         allow_extrapolate: bool = False, progress: bool = True,
+                         skip_bad_images: bool = False) -> list[str]:
     """Calibrate ``checkpoint`` at ``widths`` on ``data``'s train split and
     save a copy carrying the statistics to ``out``. Returns the width keys."""
     ctx = context(device)
@@ -30,6 +32,11 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     train = open_split(data, "train", eval_transform(model.meta["image"]))
     check_classes(train, model.meta.get("class_names"), f"{data}/train")
     subset = seeded_subset(train, calib_images, seed, "--calib-images")
+    skipped: list[str] = []
+    if skip_bad_images:
+        subset, skipped = without_bad_images(subset, "calibration images", progress and ctx.is_main)
+        if ctx.is_main:
+            warn_skipped(skipped, "calibration images")
     # under torchrun each process takes every world-th batch; averages are merged after
     loader = make_loader(subset, batch_size, workers,
                          batch_sampler=BatchShard(len(subset), batch_size, ctx))
@@ -42,6 +49,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
         average_across_processes(model, configs, cal.batches)
     if ctx.is_main:
         record = dict(model.meta.get("train", {}))
-        record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data)}
+        record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data),
+                                 "skipped_images": len(skipped)}
         save_checkpoint(model, out, train=record)
     return [str(c) for c in configs]

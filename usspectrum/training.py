@@ -31,7 +31,8 @@ from .allocator import keep_freed_memory
 from .calibration import calibrate, clear_bn_stats
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import (ImageSpec, SeededSamples, class_names, eval_transform, first_image_size,
-                   make_loader, open_split, seeded_subset, train_transform)
+                   make_loader, open_split, seeded_subset, train_transform, warn_skipped,
+                   without_bad_images)
 from .distributed import (GlobalBatchShard, all_sum, barrier, check_world, context, local_device,
                           on_main)
 from .errors import USSpectrumError, UsageError
@@ -45,7 +46,7 @@ from .width import WidthConfig
 KIND_PREFIX = {"us": "us_", "slimmable": "s_", "individual": ""}
 SCHEDULES = ("cosine", "linear")
 LOG_COLUMNS = ["epoch", "lr", "loss", "images_per_s", "seconds", "smallest", "top1_smallest",
-               "largest", "top1_largest", "val_images"]
+               "largest", "top1_largest", "val_images", "skipped_images"]
 
 
 @dataclass
@@ -87,6 +88,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     stop_after: int | None = None  # pause after this many epochs (the schedule spans `epochs`)
+    skip_bad_images: bool = False
 
     # Fields that change what is trained: a resumed run must agree on them.
     RECIPE = ("kind", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
@@ -331,10 +333,6 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     train_set = SeededSamples(seeded_subset(
         open_split(config.data, "train", train_transform(spec, config.flip)),
         config.train_images, config.seed, "--train-images"))
-    # small images: decoded once, augmented in this process (no worker competing for the cores)
-    memory = MemoryBatches.load(train_set.dataset, spec, config.flip,
-                                key=(str(config.data), os.path.abspath(config.data),
-                                     config.train_images, config.seed))
     val_set = open_split(config.data, "val", eval_transform(spec))
     if config.val_images is not None:
         val_set = seeded_subset(val_set, min(config.val_images, len(val_set)), config.seed,
@@ -342,6 +340,19 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     calib_source = open_split(config.data, "train", eval_transform(spec))
     calib_set = seeded_subset(calib_source, min(config.calib_images, len(calib_source)),
                               config.seed + 1, "--calib-images")
+    skipped: list[str] = []
+    if config.skip_bad_images:
+        show = config.progress and ctx.is_main
+        train_set.dataset, bad_train = without_bad_images(train_set.dataset, "training images", show)
+        val_set, bad_val = without_bad_images(val_set, "val images", show)
+        calib_set, _ = without_bad_images(calib_set, "calibration images", show)  # within train
+        skipped = bad_train + bad_val
+        if ctx.is_main:
+            warn_skipped(skipped, "images")
+    # small images: decoded once, augmented in this process (no worker competing for the cores)
+    memory = MemoryBatches.load(train_set.dataset, spec, config.flip,
+                                key=(str(config.data), os.path.abspath(config.data),
+                                     config.train_images, config.seed, len(train_set)))
 
     # model and optimizer
     kwargs: dict = {"num_classes": len(classes), "stem": stem}
@@ -434,7 +445,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                "loss": round(loss_sum / max(1, images_seen), 5),
                "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2),
-               "smallest": lo, "largest": hi, "val_images": len(val_set)}
+               "smallest": lo, "largest": hi, "val_images": len(val_set),
+               "skipped_images": len(skipped)}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             row.update(_quick_eval(model, config, calib_set, val_set, device))
         model.set_width(1.0)
