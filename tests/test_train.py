@@ -171,6 +171,20 @@ def test_resume_with_another_config_is_refused(tmp_path):
                          num_sample=3, **{**FAST, "epochs": 1})
 
 
+def test_checkpoint_from_before_the_distillation_weight_resumes_as_pure_distillation(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4, size=16)
+    out = tmp_path / "m.pt"
+    opts = dict(kind="us", data=str(data), out=str(out), **{**FAST, "epochs": 2})
+    usspectrum.train(distill_weight=1.0, stop_after=1, **opts)
+    saved = torch.load(out, weights_only=True)
+    for field in ("distill_weight", "distill_ramp", "average_output"):
+        del saved["train"]["recipe"][field]  # as an older usspectrum wrote it
+    torch.save(saved, out)
+    with pytest.raises(UsageError, match="distill_weight=1.0 \\(now 0.5\\)"):
+        usspectrum.train(resume=True, **opts)
+    assert list(usspectrum.train(resume=True, distill_weight=1.0, **opts).log.epoch) == [1, 2]
+
+
 def test_checkpoint_describes_itself(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=4, size=16)
     usspectrum.train(kind="slimmable", data=str(data), out=str(tmp_path / "s.pt"),

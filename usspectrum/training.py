@@ -37,8 +37,8 @@ from .distributed import (GlobalBatchShard, all_sum, barrier, check_world, conte
                           on_main)
 from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate
-from .memory_batches import MemoryBatches
 from .layers import SlimBatchNormBase, SlimConv2d, set_sync_group
+from .memory_batches import MemoryBatches
 from .models import KINDS, create_model
 from .results import RowWriter
 from .width import WidthConfig
@@ -93,9 +93,11 @@ class TrainConfig:
     # Fields that change what is trained: a resumed run must agree on them.
     RECIPE = ("kind", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
               "schedule", "warmup_epochs", "label_smoothing", "num_sample", "width_range",
-              "inplace_distill", "distill_weight", "distill_ramp", "nonuniform", "average_output", "switches",
-              "image_size", "stem", "repeats", "flip",
+              "inplace_distill", "distill_weight", "distill_ramp", "nonuniform",
+              "average_output", "switches", "image_size", "stem", "repeats", "flip",
               "train_images", "seed")
+    # What checkpoints written before a recipe field existed were trained with.
+    LEGACY = {"distill_weight": 1.0, "distill_ramp": 0.0, "average_output": False}
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -343,7 +345,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     skipped: list[str] = []
     if config.skip_bad_images:
         show = config.progress and ctx.is_main
-        train_set.dataset, bad_train = without_bad_images(train_set.dataset, "training images", show)
+        train_set.dataset, bad_train = without_bad_images(train_set.dataset, "training images",
+                                                          show)
         val_set, bad_val = without_bad_images(val_set, "val images", show)
         calib_set, _ = without_bad_images(calib_set, "calibration images", show)  # within train
         skipped = bad_train + bad_val
@@ -398,7 +401,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     step_widths: list = []
     dtype = next(model.parameters()).dtype  # float32 unless the caller changed the default
     lo, hi = config.trained_widths
-    end_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+    end_epoch = config.epochs if config.stop_after is None else min(config.epochs,
+                                                                     config.stop_after)
     for epoch in range(start_epoch, end_epoch):
         torch.manual_seed(epoch_seed(config.seed, epoch, 0))
         sampler = SandwichSampler(config.width_range, config.num_sample, len(model.slots),
@@ -414,8 +418,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
                                  batch_sampler=batches)
         model.train()
         started, images_seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, total=len(batches), desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not (config.progress and ctx.is_main), leave=False)
+        bar = tqdm(loader, total=len(batches), unit="batch", leave=False,
+                   desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}",
+                   disable=not (config.progress and ctx.is_main))
         for batch_index, (images, labels) in enumerate(bar):
             images = images.to(device, dtype).contiguous(memory_format=memory_format)
             labels = labels.to(device)
@@ -424,7 +429,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             if widths is not None:
                 step_widths.append([str(w) for w in widths])
             count = labels.numel()
-            distill = config.distill_weight_at(epoch * steps_per_epoch + batch_index, steps_per_epoch)
+            distill = config.distill_weight_at(epoch * steps_per_epoch + batch_index,
+                                               steps_per_epoch)
             step_loss.distill = distill
             if ddp is not None:
                 losses, count = _distributed_step(ddp, images, labels, widths, ctx)
@@ -518,8 +524,8 @@ def _restore(out: Path, config: TrainConfig, model, optimizer, scheduler, device
     if state is None or "recipe" not in record:
         raise USSpectrumError(f"--resume: {out} holds no training state; train into a new --out")
     ours = config.recipe()
-    # fields added since the checkpoint was written count as their defaults
-    theirs = {**TrainConfig().recipe(), **record["recipe"]}
+    # fields added since the checkpoint was written: what it was trained with
+    theirs = {**TrainConfig.LEGACY, **record["recipe"]}
     differ = [k for k in ours if ours[k] != theirs.get(k)]
     if differ:
         detail = ", ".join(f"{k}={theirs.get(k)!r} (now {ours[k]!r})" for k in differ[:4])
