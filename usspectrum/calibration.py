@@ -105,18 +105,20 @@ class DenseCalibrator:
         self.allow_empty = allow_empty  # a process of a distributed run may get no batch
 
     def __enter__(self) -> "DenseCalibrator":
-        from .dense import to_dense
+        from .dense import chains, to_dense
 
         self.nets = {}
         for config in self.configs:
             net = to_dense(self.model, config, fold_bn=False)
-            layers = list(net.named_children())
-            for (name, layer), (next_name, after) in zip(layers, layers[1:] + [(None, None)]):
-                if isinstance(layer, nn.BatchNorm2d):
-                    clamp = (after.min_val, after.max_val) if isinstance(after, nn.Hardtanh) else None
-                    setattr(net, name, BatchStats(layer, clamp))
-                    if clamp is not None:
-                        setattr(net, next_name, nn.Identity())  # keeps the layer names
+            for chain in chains(net):
+                layers = list(chain.named_children())
+                for (name, layer), (next_name, after) in zip(layers, layers[1:] + [(None, None)]):
+                    if isinstance(layer, nn.BatchNorm2d):
+                        clamp = ((after.min_val, after.max_val) if isinstance(after, nn.Hardtanh)
+                                 else None)
+                        setattr(chain, name, BatchStats(layer, clamp))
+                        if clamp is not None:
+                            setattr(chain, next_name, nn.Identity())  # keeps the layer names
             self.nets[str(config)] = net
         self._shifted: set[str] = set()
         return self
@@ -141,9 +143,8 @@ class DenseCalibrator:
             raise RuntimeError("calibration saw no batch")
         bns = dict(slim_batchnorms(self.model))
         for key, net in nets.items():
-            layers = dict(net.named_children())
             for dense_name, slim_name in net.bn_sources.items():
-                bns[slim_name].calibrated[key] = layers[dense_name].statistics()
+                bns[slim_name].calibrated[key] = net.get_submodule(dense_name).statistics()
 
 
 class BatchStats(nn.Module):
@@ -227,17 +228,20 @@ def batch_moments(x: torch.Tensor, rows_per_chunk: int = 8192) -> tuple[torch.Te
 def _shift_by_probe(net: nn.Module, probe: torch.Tensor) -> None:
     """Run ``probe`` through ``net``, then move each :class:`BatchStats`
     layer's probe mean into the bias of the conv feeding it and reset it."""
+    from .dense import chains
+
     net(probe)
-    previous = None
-    for layer in net.children():
-        if isinstance(layer, BatchStats):
-            if isinstance(previous, nn.Conv2d):
-                shift = (layer.mean_sum / layer.batches).to(layer.shift.dtype)
-                bias = previous.bias if previous.bias is not None else torch.zeros_like(shift)
-                previous.bias = nn.Parameter(bias.detach() - shift, requires_grad=False)
-                layer.shift = layer.shift + shift
-            layer.reset()
-        previous = layer
+    for chain in chains(net):
+        previous = None
+        for layer in chain.children():
+            if isinstance(layer, BatchStats):
+                if isinstance(previous, nn.Conv2d):
+                    shift = (layer.mean_sum / layer.batches).to(layer.shift.dtype)
+                    bias = previous.bias if previous.bias is not None else torch.zeros_like(shift)
+                    previous.bias = nn.Parameter(bias.detach() - shift, requires_grad=False)
+                    layer.shift = layer.shift + shift
+                layer.reset()
+            previous = layer
 
 
 def average_across_processes(model: nn.Module, widths: Sequence[WidthLike], batches: int) -> None:

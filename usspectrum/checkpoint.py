@@ -13,8 +13,10 @@ usspectrum format (a dict, saved with ``torch.save``, read with
     bn_stats: {width_key: {bn_name: (mean, var)}}   # calibrated statistics
 
 The authors' release is ``{'model': state_dict}`` saved from DataParallel
-(``module.`` prefixes); US-MobileNet v1 keeps per-width statistics in
-``bn.{i}.running_*`` of each BN and S-MobileNet v1 four whole BNs per layer.
+(``module.`` prefixes); US-MobileNet v1 and v2 keep per-width statistics in
+``bn.{i}.running_*`` of each BN and S-MobileNet v1 and v2 four whole BNs per
+layer (v2's 1280-channel conv has one plain BN in both). A state dict of
+torchvision's ``mobilenet_v2`` loads as the individual MobileNet v2.
 """
 from __future__ import annotations
 
@@ -34,11 +36,13 @@ from .errors import USSpectrumError
 from .layers import USBatchNorm2d, slim_batchnorms
 from .models import create_model
 from .models.mobilenet_v1 import DEFAULT_SWITCHES
+from .models.mobilenet_v2 import DEFAULT_SWITCHES as V2_SWITCHES
 from .results import atomic_write_bytes
 from .width import WidthConfig, parse_width_list
 
 FORMAT, VERSION = "usspectrum", 1
 RELEASE_US_WIDTHS = "0.25:1.0:0.025"  # the 31 widths of the released US-MobileNet v1
+RELEASE_V2_US_WIDTHS = "0.35:1.0:0.025"  # the 27 widths of the released US-MobileNet v2
 _BN_STAT = re.compile(r"^(?P<bn>.+)\.bn\.(?P<i>\d+)\.(?P<field>running_mean|running_var|num_batches_tracked)$")
 
 
@@ -128,31 +132,50 @@ def _from_usspectrum(obj: dict, path) -> nn.Module:
     return model
 
 
+# What the authors' release and torchvision look like, per family:
+# (detecting key, US builder, S builder, default US widths, default switches)
+RELEASE_FAMILIES = {
+    "mobilenet_v2": ("features.18.0.weight", "us_mobilenet_v2", "s_mobilenet_v2",
+                     RELEASE_V2_US_WIDTHS, V2_SWITCHES),
+    "mobilenet_v1": ("features.13.body.3.weight", "us_mobilenet_v1", "s_mobilenet_v1",
+                     RELEASE_US_WIDTHS, DEFAULT_SWITCHES),
+}
+
+
 def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) -> nn.Module:
     state = obj.get("model", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise USSpectrumError(f"checkpoint {path} is neither a usspectrum checkpoint nor a "
                               "state dict ({'model': state_dict} or a bare state_dict)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "classifier.0.weight" not in state:
-        raise USSpectrumError(f"checkpoint {path} has no classifier.0.weight: it is not a "
-                              "MobileNet v1 of the US-Nets release (keys start with "
-                              f"{sorted(state)[:3]})")
+    if is_torchvision_mobilenet_v2(state):
+        return _from_torchvision_v2(state, path, stem)
+    family = next((f for f, spec in RELEASE_FAMILIES.items() if spec[0] in state), None)
+    if family is None or "classifier.0.weight" not in state:
+        raise USSpectrumError(f"checkpoint {path} is not a MobileNet v1 or v2 of the US-Nets "
+                              "release nor a torchvision mobilenet_v2 state dict (keys start "
+                              f"with {sorted(state)[:3]})")
+    _, us_name, s_name, us_widths, default_switches = RELEASE_FAMILIES[family]
     num_classes = state["classifier.0.weight"].shape[0]
     switchable = any(re.search(r"\.bn\.\d+\.weight$", k) for k in state)
     indices = sorted({int(m["i"]) for k in state if (m := _BN_STAT.match(k))})
+    # a plain BN among the slimmable ones (v2's 1280-channel conv): one set of
+    # statistics for every width, as the authors' model uses it
+    plain_bns = {k.removesuffix(".running_mean") for k in state
+                 if k.endswith(".running_mean") and not _BN_STAT.match(k)}
+    state = {k: v for k, v in state.items()
+             if not (k.endswith(".num_batches_tracked") and k.removesuffix(".num_batches_tracked")
+                     in plain_bns)}
     if switchable:
-        switches = tuple(widths) if widths else DEFAULT_SWITCHES
+        switches = tuple(widths) if widths else default_switches
         if len(switches) != len(indices):
             raise USSpectrumError(f"checkpoint {path} has {len(indices)} BNs per layer but "
                                   f"{len(switches)} switches were given; pass the switches")
-        model = create_model("s_mobilenet_v1", num_classes=num_classes, stem=stem,
-                             switches=switches)
+        model = create_model(s_name, num_classes=num_classes, stem=stem, switches=switches)
         _load_state(model, state, path)
     else:
-        model = create_model("us_mobilenet_v1", num_classes=num_classes, stem=stem)
-        configs = ([WidthConfig(w) for w in widths] if widths
-                   else parse_width_list(RELEASE_US_WIDTHS))
+        model = create_model(us_name, num_classes=num_classes, stem=stem)
+        configs = ([WidthConfig(w) for w in widths] if widths else parse_width_list(us_widths))
         if indices and len(configs) != len(indices):
             raise USSpectrumError(f"checkpoint {path} stores statistics for {len(indices)} "
                                   f"widths but {len(configs)} widths were given; pass its width list")
@@ -165,13 +188,59 @@ def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) ->
             elif m["field"] != "num_batches_tracked":
                 layer = stats[str(configs[int(m["i"])])].setdefault(m["bn"], [None, None])
                 layer[0 if m["field"] == "running_mean" else 1] = value
-        _load_state(model, weights, path, allow_missing=_us_running_buffers(model))
-        _check_stat_shapes(model, stats, path)
+        if indices:
+            for layers in stats.values():
+                for name in plain_bns:
+                    layers[name] = [state[f"{name}.running_mean"], state[f"{name}.running_var"]]
+        _load_state(model, weights, path,
+                    allow_missing=_us_running_buffers(model) - _buffers_of(plain_bns))
+        _check_stat_shapes(model, stats, path, us_widths)
         set_bn_stats(model, {k: {n: tuple(v) for n, v in layers.items()}
                              for k, layers in stats.items() if layers})
     model.meta = {"class_names": [], "image": ImageSpec.for_size(model.default_image_size),
                   "train": {}, "source": "release"}
     return model
+
+
+def is_torchvision_mobilenet_v2(state: dict) -> bool:
+    """Whether ``state`` is a state dict of ``torchvision.models.mobilenet_v2``."""
+    return "features.1.conv.0.0.weight" in state and "classifier.1.weight" in state
+
+
+def _from_torchvision_v2(state: dict, path, stem: str) -> nn.Module:
+    """torchvision's ``mobilenet_v2`` (width 1.0) as the individual baseline:
+    the same layers under other names. Its blocks are ``conv.0`` (a
+    conv+BN+ReLU6, the expansion or, when t = 1, the depthwise conv),
+    ``conv.1`` (the depthwise conv+BN+ReLU6, or the projection when t = 1),
+    then the projection conv and BN."""
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith(".num_batches_tracked"):
+            continue
+        m = re.match(r"^features\.(\d+)\.conv\.(\d+)(?:\.(\d+))?\.(\w+)$", key)
+        if m:
+            block, part, sub, field = int(m[1]), int(m[2]), m[3], m[4]
+            expands = f"features.{block}.conv.3.weight" in state
+            if expands:  # conv.0 expand, conv.1 depthwise -> body.0-1, 3-4; conv.2/3 -> 6/7
+                index = {0: 0, 1: 3}[part] + int(sub) if sub is not None else {2: 6, 3: 7}[part]
+            else:  # conv.0 depthwise -> body.0-1; conv.1/2 projection -> 3/4
+                index = int(sub) if sub is not None else {1: 3, 2: 4}[part]
+            renamed[f"features.{block}.body.{index}.{field}"] = value
+        elif key.startswith("classifier.1."):
+            renamed["classifier.0." + key.removeprefix("classifier.1.")] = value
+        else:
+            renamed[key] = value
+    model = create_model("mobilenet_v2", num_classes=state["classifier.1.weight"].shape[0],
+                         stem=stem)
+    _load_state(model, renamed, path)
+    # torchvision's ImageNet weights were evaluated at resize 256, crop 224
+    model.meta = {"class_names": [], "image": ImageSpec.for_size(model.default_image_size),
+                  "train": {}, "source": "torchvision"}
+    return model
+
+
+def _buffers_of(bn_names: set[str]) -> set[str]:
+    return {f"{n}.{b}" for n in bn_names for b in ("running_mean", "running_var")}
 
 
 def _us_running_buffers(model: nn.Module) -> set[str]:
@@ -198,7 +267,7 @@ def _load_state(model: nn.Module, state: dict, path, allow_missing: set[str] = f
     model.load_state_dict(state, strict=False)
 
 
-def _check_stat_shapes(model: nn.Module, stats: dict, path) -> None:
+def _check_stat_shapes(model: nn.Module, stats: dict, path, width_list: str) -> None:
     """Each width's statistics must have that width's channel count."""
     bn_names = [n for n, _ in slim_batchnorms(model)]
     for key, layers in stats.items():
@@ -212,7 +281,7 @@ def _check_stat_shapes(model: nn.Module, stats: dict, path) -> None:
             if pair[0].numel() != channels[name]:
                 raise USSpectrumError(
                     f"checkpoint {path}: {name} at width {key} has {pair[0].numel()} channels, "
-                    f"expected {channels[name]}; its width list differs from {RELEASE_US_WIDTHS}")
+                    f"expected {channels[name]}; its width list differs from {width_list}")
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ activations stay in NCHW. :func:`to_dense` copies one width's weights into
 ordinary ``nn.Conv2d``/``nn.Linear`` layers, folds each BN into the conv in
 front of it (with the statistics that width would use in eval mode) and
 stores everything channels-last, which is what oneDNN's CPU convolutions
-prefer. The result is a standalone ``nn.Sequential`` that needs nothing from
+prefer. The result is a standalone ``nn.Sequential`` (with a nested
+:class:`DenseResidual` for each skip connection) that needs nothing from
 usspectrum to run, trace or export.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import SlimBatchNormBase, SlimConv2d, SlimLinear
+from .models.base import Residual
 from .width import WidthConfig, WidthLike
 
 
@@ -27,9 +29,10 @@ class DenseNet(nn.Sequential):
     """A plain chain of layers of one width.
 
     ``width`` is the width string it was built from, ``sources`` maps each
-    layer's name to the name of the slimmable module it came from (a folded
-    BN has no layer of its own), ``bn_sources`` does the same for unfolded BN
-    layers."""
+    leaf layer's qualified name (``features_3.features_3_body_0`` inside a
+    residual block) to the name of the slimmable module it came from (a
+    folded BN has no layer of its own), ``bn_sources`` does the same for
+    unfolded BN layers."""
 
     def __init__(self, layers: "OrderedDict[str, nn.Module]", width: str,
                  channels_last: bool, sources: dict[str, str]) -> None:
@@ -38,7 +41,7 @@ class DenseNet(nn.Sequential):
         self.channels_last = channels_last
         self.sources = sources
         self.bn_sources = {k: v for k, v in sources.items()
-                           if isinstance(layers[k], nn.modules.batchnorm._BatchNorm)}
+                           if isinstance(self.get_submodule(k), nn.modules.batchnorm._BatchNorm)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -46,6 +49,21 @@ class DenseNet(nn.Sequential):
         for layer in self:
             x = layer(x)
         return x
+
+
+class DenseResidual(nn.Sequential):
+    """``x + chain(x)``: a residual block of a dense network."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for layer in self:
+            y = layer(y)
+        return x + y
+
+
+def chains(net: nn.Sequential) -> list[nn.Sequential]:
+    """``net`` and every residual chain nested in it, outermost first."""
+    return [net, *(m for m in net.modules() if isinstance(m, DenseResidual) and m is not net)]
 
 
 @torch.no_grad()
@@ -75,13 +93,31 @@ def to_dense(model: nn.Module, width: WidthLike | None = None, *, fold_bn: bool 
 
 
 def _dense_layers(model: nn.Module, fold_bn: bool):
+    sequence = model.layer_sequence()
+    first = next(m for m in model.modules() if isinstance(m, SlimConv2d))
+    layers, sources, _ = _dense_chain(sequence, fold_bn, first.in_channels, "")
+    return layers, sources
+
+
+def _dense_chain(sequence, fold_bn: bool, channels: int, path: str):
+    """Dense layers of ``sequence`` entered with ``channels`` channels;
+    returns them, the sources of their leaves (qualified by ``path``) and
+    the channel count they leave."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     sources: dict[str, str] = {}
-    sequence = model.layer_sequence()
-    channels = next(m for _, m in sequence if isinstance(m, SlimConv2d)).in_channels
     last = None  # the layer just added, for folding
     for name, module in sequence:
         key = name.replace(".", "_")
+        if isinstance(module, Residual):
+            inner, inner_sources, out = _dense_chain(module.layers, fold_bn, channels,
+                                                     f"{path}{key}.")
+            if out != channels:
+                raise ValueError(f"residual block {name} maps {channels} channels to {out}; "
+                                 "its input and output must share one width slot")
+            layers[key] = DenseResidual(inner)
+            sources.update(inner_sources)
+            last = layers[key]
+            continue
         if isinstance(module, SlimConv2d):
             layer = _dense_conv(module, channels)
             channels = layer.out_channels
@@ -103,9 +139,9 @@ def _dense_layers(model: nn.Module, fold_bn: bool):
         else:
             layer = copy.deepcopy(module)
         layers[key] = layer
-        sources[key] = name
+        sources[path + key] = name
         last = layer
-    return layers, sources
+    return layers, sources, channels
 
 
 def _dense_conv(conv: SlimConv2d, channels: int) -> nn.Conv2d:
@@ -181,6 +217,10 @@ def _fuse_activations(layers: "OrderedDict[str, nn.Module]") -> "OrderedDict[str
     i = 0
     while i < len(items):
         key, layer = items[i]
+        if isinstance(layer, DenseResidual):
+            fused[key] = DenseResidual(_fuse_activations(OrderedDict(layer.named_children())))
+            i += 1
+            continue
         after = items[i + 1][1] if i + 1 < len(items) else None
         if (isinstance(layer, nn.Conv2d) and isinstance(after, nn.ReLU6)
                 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)):

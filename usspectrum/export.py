@@ -32,7 +32,7 @@ def export_metadata(model: nn.Module, net: DenseNet) -> dict:
     spec = meta.get("image")
     return {"arch": getattr(model, "arch", {}).get("name", type(model).__name__),
             "kind": getattr(model, "kind", ""), "width": net.width,
-            "channels": [m.out_channels for m in net if isinstance(m, nn.Conv2d)],
+            "channels": [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)],
             "class_names": list(meta.get("class_names") or []),
             "image": spec.to_dict() if spec is not None else None,
             "fingerprint": meta.get("fingerprint", "")}

@@ -51,13 +51,23 @@ def _check_ratio(value: float, what: str) -> float:
 
 @dataclass(frozen=True)
 class LayerSlot:
-    """One slimmable layer of a model: its full channel count and stage.
+    """One slimmable layer (or group of layers tied to one channel count) of
+    a model: its full channel count and stage.
 
-    ``stage`` is 0 for layers outside the numbered stages (the stem)."""
+    ``stage`` is 0 for layers outside the numbered stages (the stem).
+    ``multiple``: the count is ``multiple`` times a rounded base, as in
+    MobileNet v2's expansion layers, which keep ``t * make_divisible(C * r)``
+    channels (rounded before the multiplication by ``t``)."""
 
     name: str
     channels: int
     stage: int
+    multiple: int = 1
+
+    def active(self, ratio: float) -> int:
+        """Channel count at ``ratio`` by the rounding rule."""
+        base = self.channels // self.multiple
+        return self.multiple * min(base, make_divisible(base * ratio))
 
 
 @dataclass(frozen=True)
@@ -160,8 +170,7 @@ class WidthConfig:
 
     def channels(self, slots: Sequence[LayerSlot]) -> list[int]:
         """Active channel count of each slot, by the rounding rule."""
-        return [min(s.channels, make_divisible(s.channels * r))
-                for s, r in zip(slots, self.ratios(slots))]
+        return [s.active(r) for s, r in zip(slots, self.ratios(slots))]
 
     def __str__(self) -> str:
         if self.layer_ratios is not None:

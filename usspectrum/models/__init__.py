@@ -1,5 +1,5 @@
 """Model families. Importing this package registers every builder."""
-from . import mobilenet_v1  # noqa: F401  (registers its builders)
+from . import mobilenet_v1, mobilenet_v2  # noqa: F401  (register their builders)
 from .base import KINDS, SlimmableNet
 from .registry import create_model, list_models, register_model
 

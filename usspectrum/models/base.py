@@ -1,14 +1,24 @@
 """What every slimmable network shares: its slots and how a width is applied."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch.nn as nn
 
-from ..layers import SlimConv2d, slim_batchnorms
+from ..errors import UsageError
+from ..layers import SlimBatchNormBase, SlimConv2d, slim_batchnorms
 from ..width import LayerSlot, WidthConfig, WidthLike
 
 KINDS = ("us", "slimmable", "individual")
+
+
+@dataclass
+class Residual:
+    """An entry of :meth:`SlimmableNet.layer_sequence`: ``x + chain(x)``, where
+    ``chain`` is itself a layer sequence that keeps the channel count."""
+
+    layers: list[tuple[str, nn.Module]]
 
 
 class SlimmableNet(nn.Module):
@@ -17,6 +27,8 @@ class SlimmableNet(nn.Module):
     A subclass registers each slimmable layer with :meth:`add_slot`: the conv
     whose *output* channels the width controls, with its stage. Everything
     downstream (depthwise convs, BN, the classifier) follows its input.
+    Convs whose outputs are added together (a residual chain) share one slot,
+    so no width config can give the two operands different channel counts.
 
     ``kind`` is ``us``, ``slimmable`` (with ``switches``) or ``individual``;
     ``width_range`` is the range of widths the network was trained for."""
@@ -29,13 +41,19 @@ class SlimmableNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.slots: list[LayerSlot] = []
-        self._slot_convs: list[SlimConv2d] = []
+        self._slot_convs: list[tuple[SlimConv2d, ...]] = []
         self.width_config = WidthConfig(1.0)
         self.meta: dict = {}  # class names, preprocessing, training record (see checkpoint.py)
 
-    def add_slot(self, name: str, conv: SlimConv2d, stage: int) -> None:
-        self.slots.append(LayerSlot(name, conv.out_channels, stage))
-        self._slot_convs.append(conv)
+    def add_slot(self, name: str, convs: SlimConv2d | Sequence[SlimConv2d], stage: int,
+                 multiple: int = 1) -> None:
+        """Let one width ratio set the output channels of ``convs`` (one conv,
+        or several tied together); ``multiple``: see :class:`LayerSlot`."""
+        convs = (convs,) if isinstance(convs, SlimConv2d) else tuple(convs)
+        if len({c.out_channels for c in convs}) != 1:
+            raise ValueError(f"slot {name} ties convs of different widths")
+        self.slots.append(LayerSlot(name, convs[0].out_channels, stage, multiple))
+        self._slot_convs.append(convs)
 
     @property
     def num_stages(self) -> int:
@@ -51,16 +69,67 @@ class SlimmableNet(nn.Module):
     def set_channels(self, channels: Sequence[int], key: str | None = None) -> None:
         """Set every slot's active channel count directly (``key`` names the
         config for the calibrated-BN store)."""
-        for conv, c in zip(self._slot_convs, channels, strict=True):
-            conv.out_active = int(c)
+        for convs, c in zip(self._slot_convs, channels, strict=True):
+            for conv in convs:
+                conv.out_active = int(c)
         for _, bn in slim_batchnorms(self):
             bn.active_key = key
 
-    def layer_sequence(self) -> list[tuple[str, nn.Module]]:
-        """The leaf modules in the order ``forward`` applies them, for families
-        whose forward is a plain chain (used to build dense sub-networks)."""
+    def layer_sequence(self) -> list[tuple[str, nn.Module | Residual]]:
+        """The leaf modules in the order ``forward`` applies them, with
+        :class:`Residual` entries for skip connections (used to build dense
+        sub-networks)."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its layer chain")
 
     def active_channels(self) -> list[int]:
         return [c.out_channels if c.out_active is None else c.out_active
-                for c in self._slot_convs]
+                for c, *_ in self._slot_convs]
+
+
+def leaf_modules(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """``module``'s leaves in registration order (a slimmable BN counts as
+    one leaf), named by their qualified names."""
+    children = list(module.named_children())
+    if not children or isinstance(module, SlimBatchNormBase):
+        return [(prefix, module)]
+    return [leaf for n, m in children for leaf in leaf_modules(m, f"{prefix}.{n}")]
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal convs (fan-out), small normal linear weights, zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def check_width_range(width_range: Sequence[float]) -> tuple[float, float]:
+    lo, hi = (float(v) for v in width_range)
+    if not (0 < lo <= 1 and 0 < hi <= 1):
+        raise UsageError(f"width range must lie in (0, 1], got {lo} {hi}")
+    if lo > hi:
+        raise UsageError(f"width range {lo} {hi} is inverted; give the smaller width first")
+    return lo, hi
+
+
+def check_switches(switches: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(sorted(float(s) for s in switches))
+    if not values or any(not 0 < s <= 1 for s in values):
+        raise UsageError(f"switches must be widths in (0, 1], got {list(switches)}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"switches repeat a width: {list(switches)}")
+    return values
+
+
+def check_repeats(repeats: Sequence[int] | None, default: Sequence[int]) -> tuple[int, ...]:
+    """Blocks per stage: ``default`` (the paper's) or fewer, for a shallower,
+    faster-training variant."""
+    if repeats is None:
+        return tuple(default)
+    values = tuple(int(r) for r in repeats)
+    if len(values) != len(default) or any(r < 1 for r in values):
+        raise UsageError(f"repeats needs {len(default)} block counts >= 1 (one per stage), "
+                         f"got {list(values)}")
+    return values

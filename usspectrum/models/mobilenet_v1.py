@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import SlimBatchNormBase, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
-from .base import SlimmableNet
+from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from .base import (SlimmableNet, check_repeats, check_switches, check_width_range,
+                   init_weights, leaf_modules)
 from .registry import register_model
 
 STEM_CHANNELS = 32
@@ -78,24 +79,11 @@ class MobileNetV1(SlimmableNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(SlimLinear(inp, num_classes))
         self.num_classes = num_classes
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def layer_sequence(self) -> list[tuple[str, nn.Module]]:
-        def leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
-            children = list(module.named_children())
-            if not children or isinstance(module, SlimBatchNormBase):
-                return [(prefix, module)]
-            return [leaf for n, m in children for leaf in leaves(m, f"{prefix}.{n}")]
-        return [*leaves(self.features, "features"), ("pool", self.pool),
-                ("flatten", nn.Flatten(1)), *leaves(self.classifier, "classifier")]
+        return [*leaf_modules(self.features, "features"), ("pool", self.pool),
+                ("flatten", nn.Flatten(1)), *leaf_modules(self.classifier, "classifier")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))
@@ -103,32 +91,8 @@ class MobileNetV1(SlimmableNet):
 
 
 def _stages(repeats: Sequence[int] | None) -> tuple[tuple[int, int, int], ...]:
-    """The stage table, optionally with fewer blocks per stage (a shallower,
-    faster-training variant; the paper's network is the default)."""
-    if repeats is None:
-        return STAGES
-    repeats = tuple(int(r) for r in repeats)
-    if len(repeats) != len(STAGES) or any(r < 1 for r in repeats):
-        raise UsageError(f"repeats needs {len(STAGES)} block counts >= 1, got {list(repeats)}")
-    return tuple((c, r, s) for (c, _, s), r in zip(STAGES, repeats))
-
-
-def _check_range(width_range: Sequence[float]) -> tuple[float, float]:
-    lo, hi = (float(v) for v in width_range)
-    if not (0 < lo <= 1 and 0 < hi <= 1):
-        raise UsageError(f"width range must lie in (0, 1], got {lo} {hi}")
-    if lo > hi:
-        raise UsageError(f"width range {lo} {hi} is inverted; give the smaller width first")
-    return lo, hi
-
-
-def _check_switches(switches: Sequence[float]) -> tuple[float, ...]:
-    values = tuple(sorted(float(s) for s in switches))
-    if not values or any(not 0 < s <= 1 for s in values):
-        raise UsageError(f"switches must be widths in (0, 1], got {list(switches)}")
-    if len(set(values)) != len(values):
-        raise UsageError(f"switches repeat a width: {list(switches)}")
-    return values
+    counts = check_repeats(repeats, [n for _, n, _ in STAGES])
+    return tuple((c, n, s) for (c, _, s), n in zip(STAGES, counts))
 
 
 @register_model
@@ -138,7 +102,7 @@ def us_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
                     repeats: Sequence[int] | None = None) -> MobileNetV1:
     """US-MobileNet v1: shared BN affine, runs at any width in ``width_range``."""
     model = MobileNetV1(num_classes, stem, USBatchNorm2d, average_output, repeats)
-    model.kind, model.width_range = "us", _check_range(width_range)
+    model.kind, model.width_range = "us", check_width_range(width_range)
     return model
 
 
@@ -147,7 +111,7 @@ def s_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
                    switches: Sequence[float] = DEFAULT_SWITCHES,
                    repeats: Sequence[int] | None = None) -> MobileNetV1:
     """Slimmable MobileNet v1 with switchable BN, one private BN per switch."""
-    values = _check_switches(switches)
+    values = check_switches(switches)
     model = MobileNetV1(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values),
                         repeats=repeats)
     model.kind, model.switches = "slimmable", values

@@ -1,0 +1,171 @@
+"""MobileNet v2 in its three guises: universally slimmable (US), 4-switch
+slimmable (S) and plain (individually trained, still sliceable).
+
+Module names follow the US-Nets release (``features.0`` stem,
+``features.{1..17}.body.{k}`` blocks, ``features.18`` the 1280-channel conv,
+``classifier.0``) so its checkpoints map onto this model key for key;
+:func:`usspectrum.checkpoint` renames torchvision's keys onto the same model.
+
+Widths (the authors' rule): at ratio ``r`` a block's input and output keep
+``make_divisible(C * r)`` channels and its expansion ``t *
+make_divisible(C_in * r)``; the 1280-channel conv's output and the
+classifier are never slimmed, and its BN is one plain BN for every width.
+
+Slots (what a per-layer config sets, in this order of first use): the stem;
+then, stage by stage, each block's expansion and the stage's output. The
+blocks of a stage are a residual chain (every block after the first adds its
+input to its output), so one ratio sets the output of all of them: a
+nonuniform config can never give the two operands of an add different
+channel counts. ``layers:`` configs therefore have 24 ratios at full depth:
+stem, 7 stage outputs, 16 expansions (the first block has none, t = 1).
+
+Stems: ``imagenet`` (224x224, stem stride 2, last stage 7x7) and ``cifar``
+(32x32, stem stride 1, every other stride as on ImageNet, so the last stage
+runs at 2x2, as for MobileNet v1's CIFAR stem).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import UsageError
+from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from .base import (Residual, SlimmableNet, check_repeats, check_switches, check_width_range,
+                   init_weights, leaf_modules)
+from .registry import register_model
+
+STEM_CHANNELS = 32
+LAST_CHANNELS = 1280
+# (expansion t, channels c, blocks n, first stride s) of the seven stages
+STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+STEMS = {"imagenet": (2, 224), "cifar": (1, 32)}
+DEFAULT_SWITCHES = (0.35, 0.5, 0.75, 1.0)
+DEFAULT_WIDTH_RANGE = (0.35, 1.0)
+
+BatchNormFactory = Callable[[int], nn.Module]
+
+
+class InvertedResidual(nn.Module):
+    """[1x1 expand + BN + ReLU6,] 3x3 depthwise + BN + ReLU6, 1x1 project +
+    BN; plus the input when ``residual`` (stride 1, same channels)."""
+
+    def __init__(self, inp: int, out: int, stride: int, expand: int,
+                 norm: BatchNormFactory, average_output: bool) -> None:
+        super().__init__()
+        hidden = inp * expand
+        self.residual = stride == 1 and inp == out
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [SlimConv2d(inp, hidden, 1, 1, 0, bias=False, average_output=average_output),
+                       norm(hidden), nn.ReLU6(inplace=True)]
+        layers += [SlimConv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                   norm(hidden), nn.ReLU6(inplace=True),
+                   SlimConv2d(hidden, out, 1, 1, 0, bias=False, average_output=average_output),
+                   norm(out)]
+        self.body = nn.Sequential(*layers)
+        self.expand_conv: SlimConv2d | None = layers[0] if expand != 1 else None
+        self.project_conv: SlimConv2d = layers[-2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2(SlimmableNet):
+    """MobileNet v2 whose every layer can run on its first channels."""
+
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
+                 norm: BatchNormFactory = USBatchNorm2d, average_output: bool = False,
+                 repeats: Sequence[int] | None = None) -> None:
+        super().__init__()
+        counts = check_repeats(repeats, [n for _, _, n, _ in STAGES])
+        if stem not in STEMS:
+            raise UsageError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+        if num_classes < 1:
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
+        stem_stride, self.default_image_size = STEMS[stem]
+        stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
+        layers: list[nn.Module] = [
+            nn.Sequential(stem_conv, norm(STEM_CHANNELS), nn.ReLU6(inplace=True))]
+        self.add_slot("features.0", stem_conv, stage=0)
+        inp = STEM_CHANNELS
+        for stage, ((t, c, _, s), n) in enumerate(zip(STAGES, counts), start=1):
+            first = len(layers)
+            blocks = [InvertedResidual(inp if i == 0 else c, c, s if i == 0 else 1, t, norm,
+                                       average_output) for i in range(n)]
+            layers.extend(blocks)
+            inp = c
+            expand_slots = [(f"features.{first + i}.body.0", b.expand_conv)
+                            for i, b in enumerate(blocks) if b.expand_conv is not None]
+            # order of first use: the first block's expansion, then the stage's
+            # output (all its blocks' projections), then the other expansions
+            for name, conv in expand_slots[:1]:
+                self.add_slot(name, conv, stage, multiple=t)
+            self.add_slot(f"features.{first}-{first + n - 1}.project",
+                          [b.project_conv for b in blocks], stage)
+            for name, conv in expand_slots[1:]:
+                self.add_slot(name, conv, stage, multiple=t)
+        # the 1280-channel conv reads the slimmed features; its output is not slimmed
+        last_conv = SlimConv2d(inp, LAST_CHANNELS, 1, 1, 0, bias=False,
+                               average_output=average_output)
+        layers.append(nn.Sequential(last_conv, USBatchNorm2d(LAST_CHANNELS),
+                                    nn.ReLU6(inplace=True)))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(SlimLinear(LAST_CHANNELS, num_classes))
+        self.num_classes = num_classes
+        init_weights(self)
+
+    def layer_sequence(self) -> list[tuple[str, nn.Module | Residual]]:
+        sequence: list[tuple[str, nn.Module | Residual]] = []
+        for i, layer in enumerate(self.features):
+            name = f"features.{i}"
+            if isinstance(layer, InvertedResidual):
+                body = leaf_modules(layer.body, f"{name}.body")
+                sequence.extend([(name, Residual(body))] if layer.residual else body)
+            else:
+                sequence.extend(leaf_modules(layer, name))
+        return [*sequence, ("pool", self.pool), ("flatten", nn.Flatten(1)),
+                *leaf_modules(self.classifier, "classifier")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+@register_model
+def us_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
+                    width_range: Sequence[float] = DEFAULT_WIDTH_RANGE,
+                    average_output: bool = False,
+                    repeats: Sequence[int] | None = None) -> MobileNetV2:
+    """US-MobileNet v2: shared BN affine, runs at any width in ``width_range``."""
+    model = MobileNetV2(num_classes, stem, USBatchNorm2d, average_output, repeats)
+    model.kind, model.width_range = "us", check_width_range(width_range)
+    return model
+
+
+@register_model
+def s_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
+                   switches: Sequence[float] = DEFAULT_SWITCHES,
+                   repeats: Sequence[int] | None = None) -> MobileNetV2:
+    """Slimmable MobileNet v2 with switchable BN, one private BN per switch
+    (the 1280-channel conv's BN stays one plain BN, as in the release)."""
+    values = check_switches(switches)
+    model = MobileNetV2(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values),
+                        repeats=repeats)
+    model.kind, model.switches = "slimmable", values
+    model.width_range = (values[0], values[-1])
+    return model
+
+
+@register_model
+def mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
+                 repeats: Sequence[int] | None = None) -> MobileNetV2:
+    """Plain MobileNet v2 1.0x (the individually trained baseline; also what a
+    torchvision ``mobilenet_v2`` state dict loads into)."""
+    model = MobileNetV2(num_classes, stem, USBatchNorm2d, repeats=repeats)
+    model.kind, model.width_range = "individual", (1.0, 1.0)
+    return model
