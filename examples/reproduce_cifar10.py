@@ -63,6 +63,8 @@ def train_all(args: argparse.Namespace, out: Path) -> dict[str, Path]:
     paths = {name: out / f"{name}.pt" for name in MODELS}
     for epoch in range(1, args.epochs + 1):
         for name, fields in MODELS.items():
+            if epochs_logged(paths[name]) >= epoch:
+                continue  # finished in an earlier run
             started = time.perf_counter()
             result = train(base, **fields, out=str(paths[name]), stop_after=epoch,
                            resume=paths[name].exists())
@@ -72,6 +74,15 @@ def train_all(args: argparse.Namespace, out: Path) -> dict[str, Path]:
                       f"top-1 {last['top1_smallest']:.2f} / {last['top1_largest']:.2f} "
                       f"({time.perf_counter() - started:.0f} s)", flush=True)
     return paths
+
+
+def epochs_logged(checkpoint: Path) -> int:
+    """Epochs finished by a model so far, from its training log."""
+    log = checkpoint.with_name(checkpoint.stem + "-log.csv")
+    if not checkpoint.exists() or not log.exists():
+        return 0
+    epochs = pd.read_csv(log)["epoch"]
+    return int(epochs.max()) if len(epochs) else 0
 
 
 def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings) -> pd.DataFrame:

@@ -92,3 +92,86 @@ def bn_sizes(width):
         sizes[f"features.{k}.body.1"] = ch[k - 1]
         sizes[f"features.{k}.body.4"] = ch[k]
     return sizes
+
+
+# --- MobileNet v2, built by hand from the facts file's description ---------------
+
+V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+             (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def v2_bn_sizes(width, repeats=None):
+    """{bn name: channels} of the authors' US-MobileNet v2 at a uniform width:
+    block in/out keep make_divisible(C * w), the expansion t times
+    make_divisible(C_in * w); the 1280-channel conv's BN is left out (plain)."""
+    from usspectrum import make_divisible as md
+
+    cin = md(32 * width)
+    sizes = {"features.0.1": cin}
+    k = 1
+    for (t, c, n, _), count in zip(V2_STAGES, repeats or [s[2] for s in V2_STAGES]):
+        for _ in range(count):
+            cout, hidden = md(c * width), t * cin
+            if t == 1:
+                sizes.update({f"features.{k}.body.1": cin, f"features.{k}.body.4": cout})
+            else:
+                sizes.update({f"features.{k}.body.1": hidden, f"features.{k}.body.4": hidden,
+                              f"features.{k}.body.7": cout})
+            cin, k = cout, k + 1
+    return sizes
+
+
+class HandV2(nn.Module):
+    def __init__(self, stem, blocks, tail, fc):
+        super().__init__()
+        self.stem, self.tail, self.fc = stem, tail, fc
+        self.bodies = nn.ModuleList(b for b, _ in blocks)
+        self.residual = [r for _, r in blocks]
+
+    def forward(self, x):
+        x = self.stem(x)
+        for body, residual in zip(self.bodies, self.residual):
+            y = body(x)
+            x = x + y if residual else y
+        x = self.tail(x).mean((2, 3))
+        return self.fc(x)
+
+
+def _conv_from(src, cin, cout, k, stride, groups=1):
+    conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+    conv.weight.data = src.weight[:cout, : cin // groups].clone()
+    return conv
+
+
+def dense_v2(model, width, switch=None, stats=None, stem_stride=1, repeats=None):
+    """The authors' MobileNet v2 at a uniform ``width``, as plain layers cut
+    from ``model``'s weights (module names of the release)."""
+    from usspectrum import make_divisible as md
+
+    f = model.features
+    cin = md(32 * width)
+    stem = nn.Sequential(_conv_from(f[0][0], 3, cin, 3, stem_stride),
+                         dense_bn(f[0][1], cin, switch, stats), nn.ReLU6())
+    blocks, k, full_in = [], 1, 32
+    for (t, c, n, s), count in zip(V2_STAGES, repeats or [s[2] for s in V2_STAGES]):
+        for i in range(count):
+            body, stride = f[k].body, s if i == 0 else 1
+            cout, hidden = md(c * width), t * cin
+            layers, j = [], 0
+            if t != 1:
+                layers += [_conv_from(body[0], cin, hidden, 1, 1),
+                           dense_bn(body[1], hidden, switch, stats), nn.ReLU6()]
+                j = 3
+            layers += [_conv_from(body[j], hidden, hidden, 3, stride, groups=hidden),
+                       dense_bn(body[j + 1], hidden, switch, stats), nn.ReLU6(),
+                       _conv_from(body[j + 3], hidden, cout, 1, 1),
+                       dense_bn(body[j + 4], cout, switch, stats)]
+            blocks.append((nn.Sequential(*layers), stride == 1 and full_in == c))
+            cin, full_in, k = cout, c, k + 1
+    tail_bn = f[k][1]
+    tail = nn.Sequential(_conv_from(f[k][0], cin, 1280, 1, 1), dense_bn(tail_bn, 1280, None, stats),
+                         nn.ReLU6())
+    src = model.classifier[0]
+    fc = nn.Linear(1280, src.out_features)
+    fc.weight.data, fc.bias.data = src.weight.clone(), src.bias.clone()
+    return HandV2(stem, blocks, tail, fc).eval()

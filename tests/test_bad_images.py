@@ -79,7 +79,7 @@ def test_training_names_the_bad_file_keeps_its_epochs_then_skips_it(tmp_path, si
     out = tmp_path / "m.pt"
     args = ["train", "--kind", "individual", "--data", str(data), "-o", str(out),
             "--batch-size", "4", "--val-images", "4", "--calib-images", "4",
-            "--workers", workers, "--repeats", "1", "1", "1", "1", "1", "--quiet"]
+            "--workers", workers, "--repeats", "1,1,1,1,1", "--quiet"]
     # one of two epochs done, as if the run had stopped there
     usspectrum.train(kind="individual", data=str(data), out=str(out), epochs=2, stop_after=1,
                      batch_size=4, val_images=4, calib_images=4, workers=int(workers),

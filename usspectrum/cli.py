@@ -23,7 +23,7 @@ from .export import FORMATS as EXPORT_FORMATS
 from .models import create_model, list_models
 from .plot import check_columns, plot_spectrum
 from .results import write_table
-from .spectrum import CALIBRATION_MODES, SweepSettings
+from .spectrum import CALIBRATION_MODES, SweepSettings, default_widths
 from .spectrum import sweep as run_sweep
 from .training import TrainConfig
 from .training import train as run_train
@@ -41,7 +41,8 @@ def note(message: str) -> None:
         click.echo(message, err=True)
 
 
-DEFAULT_WIDTHS = "0.25:1.0:0.025"
+WIDTHS_DEFAULT_HELP = ("the model's trained range in steps of 0.025, e.g. 0.25:1.0:0.025 for "
+                       "MobileNet v1, 0.35:1.0:0.025 for v2")
 DISPLAY = ["model", "width", "mflops", "params_m", "top1", "top5", "bn", "seconds"]
 
 
@@ -80,6 +81,17 @@ def emit(df: pd.DataFrame, csv_path: str | None, as_json: bool) -> None:
         note(f"wrote {len(df)} rows to {csv_path}")
 
 
+def parse_repeats(text: str | None) -> tuple[int, ...] | None:
+    """``--repeats 1,1,2,1,1`` as block counts."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.replace(" ", ",").split(",") if t)
+    except ValueError:
+        raise UsageError(f"--repeats takes comma-separated block counts such as 1,2,2,6,2, "
+                         f"got {text!r}") from None
+
+
 def parse_stages(values: tuple[str, ...], num_stages: int) -> list[int]:
     stages: list[int] = []
     for v in values:
@@ -111,8 +123,9 @@ def cli() -> None:
 @cli.command()
 @click.option("--model", "model_name", default="us_mobilenet_v1", show_default=True,
               help="Registered model name (see --list).")
-@click.option("--widths", default=DEFAULT_WIDTHS, show_default=True,
-              help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6.")
+@click.option("--widths", default=None,
+              help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6 "
+                   "[default: " + WIDTHS_DEFAULT_HELP + "].")
 @click.option("--image-size", type=int, default=None,
               help="Input side length [default: 224 for the ImageNet stem, 32 for CIFAR].")
 @click.option("--stem", type=click.Choice(["imagenet", "cifar"]), default="imagenet",
@@ -141,7 +154,7 @@ def flops(model_name: str, widths: str, image_size: int | None, stem: str, num_c
         click.echo("\n".join(list_models()))
         return
     model = create_model(model_name, num_classes=num_classes, stem=stem)
-    configs = parse_width_list(widths)
+    configs = parse_width_list(widths or default_widths(model))
     if stages or ratio is not None:
         if not stages or ratio is None:
             raise UsageError("--stage and --ratio go together, e.g. --stage 5 --ratio 0.6")
@@ -168,8 +181,9 @@ def sweep_options(fn):
     options = [
         click.option("--data", required=True, type=click.Path(),
                      help="ImageFolder root with train/ and val/, or a CIFAR-10 python folder."),
-        click.option("--widths", default=DEFAULT_WIDTHS, show_default=True,
-                     help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6."),
+        click.option("--widths", default=None,
+                     help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6 "
+                          "[default: " + WIDTHS_DEFAULT_HELP + "]."),
         click.option("--calib-images", type=int, default=2000, show_default=True,
                      help="Training images for BN calibration (seeded subset)."),
         click.option("--eval-images", type=int, default=None,
@@ -262,7 +276,8 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
 @click.argument("checkpoint", type=click.Path())
 @click.option("--data", required=True, type=click.Path(),
               help="ImageFolder root with train/, or a CIFAR-10 python folder.")
-@click.option("--widths", default=DEFAULT_WIDTHS, show_default=True)
+@click.option("--widths", default=None,
+              help="[default: " + WIDTHS_DEFAULT_HELP + "].")
 @click.option("-o", "--out", required=True, help="Checkpoint to write, with the statistics.")
 @click.option("--calib-images", type=int, default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -339,7 +354,9 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--num-sample", type=int, default=4, show_default=True,
               help="US sandwich size: largest, smallest and n-2 random widths.")
-@click.option("--width-range", type=float, nargs=2, default=(0.25, 1.0), show_default=True)
+@click.option("--width-range", type=float, nargs=2, default=None,
+              help="US: smallest and largest trained width [default: the family's, "
+                   "v1 0.25 1.0, v2 0.35 1.0].")
 @click.option("--inplace-distill/--no-inplace-distill", default=True, show_default=True)
 @click.option("--distill-weight", type=float, default=None,
               help="US: weight of inplace distillation in the small widths' loss, the rest "
@@ -351,13 +368,15 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
 @click.option("--nonuniform", is_flag=True, help="Random sandwich members draw a width per layer.")
 @click.option("--average-output", is_flag=True,
               help="US: scale each conv's output by full / active input channels (Table 1).")
-@click.option("--switches", type=float, multiple=True, default=(0.25, 0.5, 0.75, 1.0),
-              show_default=True, help="S-Net widths (repeat the option).")
+@click.option("--switches", type=float, multiple=True,
+              help="S-Net widths (repeat the option) [default: v1 0.25 0.5 0.75 1.0, "
+                   "v2 0.35 0.5 0.75 1.0].")
 @click.option("--image-size", type=int, default=None, help="Input size [default: the images'].")
 @click.option("--stem", type=click.Choice(["imagenet", "cifar"]), default=None,
               help="[default: cifar below 64 px]")
-@click.option("--repeats", type=int, nargs=5, default=None,
-              help="Blocks per stage for a shallower net [default: the paper's 1 2 2 6 2].")
+@click.option("--repeats", default=None, metavar="N,N,...",
+              help="Blocks per stage for a shallower net, comma-separated [default: the "
+                   "paper's, v1 1,2,2,6,2; v2 1,2,3,4,3,3,1].")
 @click.option("--no-flip", is_flag=True, help="No horizontal flips (e.g. for digits).")
 @click.option("--train-images", type=int, default=None, help="Train on a seeded subset.")
 @click.option("--val-images", type=int, default=1000, show_default=True)
@@ -388,12 +407,13 @@ def train_cmd(**kw) -> None:
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], momentum=kw["momentum"],
         weight_decay=kw["weight_decay"], schedule=kw["schedule"],
         warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
-        num_sample=kw["num_sample"], width_range=tuple(kw["width_range"]),
+        num_sample=kw["num_sample"],
+        width_range=tuple(kw["width_range"]) if kw["width_range"] else None,
         inplace_distill=kw["inplace_distill"], nonuniform=kw["nonuniform"],
         average_output=kw["average_output"],
         **{k: kw[k] for k in ("distill_weight", "distill_ramp") if kw[k] is not None},
-        switches=tuple(kw["switches"]), image_size=kw["image_size"], stem=kw["stem"],
-        repeats=tuple(kw["repeats"]) if kw["repeats"] else None,
+        switches=tuple(kw["switches"]) or None, image_size=kw["image_size"], stem=kw["stem"],
+        repeats=parse_repeats(kw["repeats"]),
         flip=not kw["no_flip"], train_images=kw["train_images"], val_images=kw["val_images"],
         calib_images=kw["calib_images"], eval_every=kw["eval_every"], seed=kw["seed"],
         device=check_device(kw["device"]), workers=kw["workers"], threads=kw["threads"],

@@ -15,11 +15,11 @@ from .distributed import context
 from .errors import USSpectrumError, UsageError
 from .plot import plot_spectrum
 from .results import write_table
-from .spectrum import SweepSettings, sweep
+from .spectrum import SweepSettings, default_widths, sweep
 from .width import WidthConfig, parse_width_list, stage_variants
 
 def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
-            widths: str | Sequence, out_dir: str | os.PathLike,
+            widths: str | Sequence | None, out_dir: str | os.PathLike,
             settings: SweepSettings | None = None, labels: Sequence[str] | None = None,
             plot: bool = True, x: str = "mflops") -> pd.DataFrame:
     """Sweep every checkpoint at the same widths (BN calibrated at every
@@ -43,6 +43,9 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
             raise USSpectrumError(f"{path} has other classes than {checkpoints[0]} "
                                   f"({len(names)} vs {len(first)} classes); compare models "
                                   "trained on the same data")
+    if widths is None:  # the widest trained range among the models
+        widths = default_widths(min(models, key=lambda m: (m.kind == "individual",
+                                                           m.width_range[0])))
     out_dir = Path(out_dir)
     frames, marked = [], {}
     for label, model in zip(labels, models):
@@ -60,7 +63,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
 
 
 def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: Sequence[int],
-               ratio: float, widths: str | Sequence, out: str | os.PathLike,
+               ratio: float, widths: str | Sequence | None, out: str | os.PathLike,
                settings: SweepSettings | None = None, plot: bool = True,
                x: str = "mflops") -> pd.DataFrame:
     """The uniform spectrum plus, for each stage, the spectrum with ``ratio``
@@ -76,6 +79,7 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: S
         warnings.warn(f"{checkpoint} is not a nonuniform-trained US-Net (kind {model.kind}, "
                       f"nonuniform={recipe.get('nonuniform')}): per-stage slimming was never "
                       "trained, so its curves say little about the stages", stacklevel=2)
+    widths = default_widths(model) if widths is None else widths
     configs = parse_width_list(widths) if isinstance(widths, str) else list(widths)
     configs = [WidthConfig.coerce(c) for c in configs]
     configs = configs + stage_variants(configs, list(stages), ratio)

@@ -231,11 +231,14 @@ class SwitchableBatchNorm2d(SlimBatchNormBase):
     fallback for calibrated ones."""
 
     def __init__(self, num_features: int, switches: Sequence[float],
-                 eps: float = 1e-5, momentum: float = 0.1) -> None:
+                 eps: float = 1e-5, momentum: float = 0.1, multiple: int = 1) -> None:
         super().__init__(eps, momentum)
         self.num_features = num_features
         self.switches = tuple(sorted(switches))
-        self.switch_channels = [min(num_features, make_divisible(num_features * s))
+        # ``multiple``: the layer keeps multiple * make_divisible(base * s)
+        # channels (MobileNet v2's expansions; see LayerSlot)
+        base = num_features // multiple
+        self.switch_channels = [multiple * min(base, make_divisible(base * s))
                                 for s in self.switches]
         self.bn = nn.ModuleList(nn.BatchNorm2d(c, eps=eps, momentum=momentum)
                                 for c in self.switch_channels)

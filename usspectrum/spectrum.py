@@ -35,9 +35,10 @@ from .errors import UsageError, USSpectrumError
 from .evaluate import Accuracy, SlicedAtWidth, evaluate_nets
 from .flops import FlopCounter
 from .latency import measure_speed
+from .models import model_defaults
 from .passstate import PassState, state_path
 from .results import RowWriter
-from .width import WidthConfig, WidthLike, parse_width_list
+from .width import WidthConfig, WidthLike, format_ratio, parse_width_list
 
 COLUMNS = ["model", "arch", "kind", "width", "mflops", "params_m", "top1", "top5",
            "calib_images", "eval_images", "bn", "seconds", "load_seconds", "calib_seconds",
@@ -95,8 +96,31 @@ def check_trained_range(model: nn.Module, config: WidthConfig) -> None:
             f"({lo}-{hi}); pass --allow-extrapolate to evaluate it anyway")
 
 
-def resolve_widths(model: nn.Module, widths: Sequence[WidthLike] | str,
+DEFAULT_STEP = 0.025  # the step of the authors' released width lists
+
+
+def default_widths(model: nn.Module) -> str:
+    """The model's trained width range at steps of 0.025 (the authors' width
+    lists: 31 widths for MobileNet v1, 27 for v2). An individual model
+    takes its family's US range, the range Figure 2 slices it over."""
+    lo, hi = model.width_range
+    if model.kind == "individual":
+        name = getattr(model, "arch", {}).get("name", "")
+        try:
+            lo, hi = model_defaults("us_" + name)["width_range"]
+        except (UsageError, KeyError):
+            pass
+    return f"{format_ratio(lo)}:{format_ratio(hi)}:{DEFAULT_STEP}"
+
+
+def resolve_widths(model: nn.Module, widths: Sequence[WidthLike] | str | None,
                    allow_extrapolate: bool) -> list[WidthConfig]:
+    """Width configs to evaluate, checked against ``model``; ``None``: the
+    model's trained range (:func:`default_widths`; 1.0 alone for an
+    individual model unless extrapolating)."""
+    if widths is None:
+        widths = (default_widths(model) if model.kind != "individual" or allow_extrapolate
+                  else "1.0")
     configs = (parse_width_list(widths) if isinstance(widths, str)
                else [WidthConfig.coerce(w) for w in widths])
     for config in configs:
@@ -107,7 +131,7 @@ def resolve_widths(model: nn.Module, widths: Sequence[WidthLike] | str,
 
 
 def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
-          widths: Sequence[WidthLike] | str, out: str | os.PathLike | None = None,
+          widths: Sequence[WidthLike] | str | None = None, out: str | os.PathLike | None = None,
           settings: SweepSettings | None = None, label: str | None = None,
           **overrides) -> pd.DataFrame:
     """Measure ``checkpoint`` at every width; returns a DataFrame with

@@ -39,7 +39,7 @@ from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate
 from .layers import SlimBatchNormBase, SlimConv2d, set_sync_group
 from .memory_batches import MemoryBatches
-from .models import KINDS, create_model
+from .models import KINDS, create_model, model_defaults
 from .results import RowWriter
 from .width import WidthConfig
 
@@ -66,13 +66,13 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     num_sample: int = 4
-    width_range: tuple[float, float] = (0.25, 1.0)
+    width_range: tuple[float, float] | None = None  # None: the model family's (v1 0.25-1.0)
     inplace_distill: bool = True
     distill_weight: float = 0.5  # half distillation, half labels: see README "Training"
     distill_ramp: float = 0.0
     nonuniform: bool = False
     average_output: bool = False
-    switches: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    switches: tuple[float, ...] | None = None  # None: the family's (v1 0.25/0.5/0.75/1.0)
     image_size: int | None = None
     stem: str | None = None
     repeats: tuple[int, ...] | None = None
@@ -99,9 +99,23 @@ class TrainConfig:
     # What checkpoints written before a recipe field existed were trained with.
     LEGACY = {"distill_weight": 1.0, "distill_ramp": 0.0, "average_output": False}
 
+    def resolved(self) -> "TrainConfig":
+        """This config with the model family's default width range and
+        switches filled in (MobileNet v1: 0.25-1.0, v2: 0.35-1.0)."""
+        if self.kind not in KINDS:
+            raise UsageError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        fill = {}
+        for field_name, kind in (("width_range", "us"), ("switches", "slimmable")):
+            if getattr(self, field_name) is None:
+                arch = KIND_PREFIX[kind] + self.arch.removeprefix(KIND_PREFIX[self.kind])
+                fill[field_name] = tuple(model_defaults(arch)[field_name])
+        return dataclasses.replace(self, **fill)
+
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise UsageError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.width_range is None or self.switches is None:
+            raise UsageError("width_range and switches must be set; call TrainConfig.resolved()")
         lo, hi = self.width_range
         if not (0 < lo <= 1 and 0 < hi <= 1):
             raise UsageError(f"--width-range must lie in (0, 1], got {lo} {hi}")
@@ -316,7 +330,7 @@ def _log_path(out: Path) -> Path:
 
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train one model as ``config`` says; checkpoints after every epoch."""
-    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config = dataclasses.replace(config or TrainConfig(), **overrides).resolved()
     config.validate()
     keep_freed_memory()
     if config.threads:

@@ -1,6 +1,6 @@
 """Model families. Importing this package registers every builder."""
 from . import mobilenet_v1, mobilenet_v2  # noqa: F401  (register their builders)
 from .base import KINDS, SlimmableNet
-from .registry import create_model, list_models, register_model
+from .registry import create_model, list_models, model_defaults, register_model
 
-__all__ = ["KINDS", "SlimmableNet", "create_model", "list_models", "register_model"]
+__all__ = ["KINDS", "SlimmableNet", "create_model", "list_models", "model_defaults", "register_model"]

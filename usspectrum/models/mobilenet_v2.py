@@ -45,7 +45,12 @@ STEMS = {"imagenet": (2, 224), "cifar": (1, 32)}
 DEFAULT_SWITCHES = (0.35, 0.5, 0.75, 1.0)
 DEFAULT_WIDTH_RANGE = (0.35, 1.0)
 
-BatchNormFactory = Callable[[int], nn.Module]
+# (channels, multiple) -> BN; ``multiple`` as in LayerSlot, for switchable BNs
+BatchNormFactory = Callable[[int, int], nn.Module]
+
+
+def _us_norm(channels: int, multiple: int = 1) -> nn.Module:
+    return USBatchNorm2d(channels)
 
 
 class InvertedResidual(nn.Module):
@@ -60,14 +65,23 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers += [SlimConv2d(inp, hidden, 1, 1, 0, bias=False, average_output=average_output),
-                       norm(hidden), nn.ReLU6(inplace=True)]
+                       norm(hidden, expand), nn.ReLU6(inplace=True)]
         layers += [SlimConv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-                   norm(hidden), nn.ReLU6(inplace=True),
+                   norm(hidden, expand), nn.ReLU6(inplace=True),
                    SlimConv2d(hidden, out, 1, 1, 0, bias=False, average_output=average_output),
-                   norm(out)]
+                   norm(out, 1)]
         self.body = nn.Sequential(*layers)
-        self.expand_conv: SlimConv2d | None = layers[0] if expand != 1 else None
-        self.project_conv: SlimConv2d = layers[-2]
+        self.expands = expand != 1
+
+    # properties, not attributes: a second reference would register the
+    # conv under a second name and add keys to the state dict
+    @property
+    def expand_conv(self) -> SlimConv2d | None:
+        return self.body[0] if self.expands else None
+
+    @property
+    def project_conv(self) -> SlimConv2d:
+        return self.body[-2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -78,7 +92,7 @@ class MobileNetV2(SlimmableNet):
     """MobileNet v2 whose every layer can run on its first channels."""
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
-                 norm: BatchNormFactory = USBatchNorm2d, average_output: bool = False,
+                 norm: BatchNormFactory = _us_norm, average_output: bool = False,
                  repeats: Sequence[int] | None = None) -> None:
         super().__init__()
         counts = check_repeats(repeats, [n for _, _, n, _ in STAGES])
@@ -89,7 +103,7 @@ class MobileNetV2(SlimmableNet):
         stem_stride, self.default_image_size = STEMS[stem]
         stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
         layers: list[nn.Module] = [
-            nn.Sequential(stem_conv, norm(STEM_CHANNELS), nn.ReLU6(inplace=True))]
+            nn.Sequential(stem_conv, norm(STEM_CHANNELS, 1), nn.ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
         inp = STEM_CHANNELS
         for stage, ((t, c, _, s), n) in enumerate(zip(STAGES, counts), start=1):
@@ -142,7 +156,7 @@ def us_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
                     average_output: bool = False,
                     repeats: Sequence[int] | None = None) -> MobileNetV2:
     """US-MobileNet v2: shared BN affine, runs at any width in ``width_range``."""
-    model = MobileNetV2(num_classes, stem, USBatchNorm2d, average_output, repeats)
+    model = MobileNetV2(num_classes, stem, _us_norm, average_output, repeats)
     model.kind, model.width_range = "us", check_width_range(width_range)
     return model
 
@@ -154,8 +168,8 @@ def s_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
     """Slimmable MobileNet v2 with switchable BN, one private BN per switch
     (the 1280-channel conv's BN stays one plain BN, as in the release)."""
     values = check_switches(switches)
-    model = MobileNetV2(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values),
-                        repeats=repeats)
+    model = MobileNetV2(num_classes, stem,
+                        lambda c, m: SwitchableBatchNorm2d(c, values, multiple=m), repeats=repeats)
     model.kind, model.switches = "slimmable", values
     model.width_range = (values[0], values[-1])
     return model
@@ -166,6 +180,6 @@ def mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
                  repeats: Sequence[int] | None = None) -> MobileNetV2:
     """Plain MobileNet v2 1.0x (the individually trained baseline; also what a
     torchvision ``mobilenet_v2`` state dict loads into)."""
-    model = MobileNetV2(num_classes, stem, USBatchNorm2d, repeats=repeats)
+    model = MobileNetV2(num_classes, stem, _us_norm, repeats=repeats)
     model.kind, model.width_range = "individual", (1.0, 1.0)
     return model

@@ -1,6 +1,7 @@
 """Model registry: builders registered by name, created with ``create_model``."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -31,3 +32,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         raise UsageError(f"bad arguments for model {name!r}: {exc}") from None
     model.arch = {"name": name, "kwargs": dict(kwargs)}
     return model
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The keyword defaults of builder ``name`` (its family's width range,
+    switches, ...)."""
+    if name not in _MODELS:
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return {k: p.default for k, p in inspect.signature(_MODELS[name]).parameters.items()
+            if p.default is not inspect.Parameter.empty}
