@@ -129,3 +129,38 @@ def test_missing_and_corrupt_files(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(USSpectrumError, match="not a dict"):
         load_checkpoint(tmp_path / "list.pt")
+
+
+def test_compact_checkpoint_is_half_size_and_loads_as_float32(tmp_path):
+    from usspectrum.checkpoint import compact_checkpoint
+
+    model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=10).eval()
+    randomize_bn(model)
+    usspectrum.calibrate(model, [torch.randn(8, 3, 32, 32)], [0.5], dense=False)
+    save_checkpoint(model, tmp_path / "full.pt", extra={"train_state": {"optimizer": {
+        "momentum": torch.randn(1000)}}})
+    compact_checkpoint(tmp_path / "full.pt", tmp_path / "half.pt")
+    assert (tmp_path / "half.pt").stat().st_size < 0.55 * (tmp_path / "full.pt").stat().st_size
+    raw = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert "train_state" not in raw and raw["stored_dtype"] == "float16"
+    assert raw["state_dict"]["features.0.0.weight"].dtype == torch.float16
+
+    full, half = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(tmp_path / "half.pt")
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    assert is_calibrated(half, 0.5)
+    for name, value in full.state_dict().items():
+        if value.is_floating_point():  # float32 of the float16-rounded value
+            assert torch.equal(half.state_dict()[name], value.half().float())
+    x = torch.randn(4, 3, 32, 32)
+    for m in (full, half):
+        usspectrum.set_width(m, 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(half(x), full(x), rtol=2e-2, atol=2e-2)
+
+
+def test_compact_refuses_other_formats(tmp_path):
+    from usspectrum.checkpoint import compact_checkpoint
+
+    torch.save({"model": {"a": torch.zeros(1)}}, tmp_path / "r.pt")
+    with pytest.raises(USSpectrumError, match="not a usspectrum checkpoint"):
+        compact_checkpoint(tmp_path / "r.pt", tmp_path / "o.pt")

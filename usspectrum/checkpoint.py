@@ -117,14 +117,39 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     return model.to(device).eval()
 
 
+def compact_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
+                       dtype: torch.dtype = torch.float16) -> Path:
+    """Write a copy of usspectrum checkpoint ``src`` for shipping: without the
+    optimizer state (it cannot be resumed) and with floating-point tensors
+    stored as ``dtype``; :func:`load_checkpoint` restores float32."""
+    obj = read_checkpoint(src)
+    if obj.get("format") != FORMAT:
+        raise USSpectrumError(f"{src} is not a usspectrum checkpoint; only those can be compacted")
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    obj.pop("train_state", None)
+    obj["state_dict"] = {k: cast(v) for k, v in obj["state_dict"].items()}
+    obj["bn_stats"] = {key: {name: tuple(cast(t) for t in pair) for name, pair in layers.items()}
+                       for key, layers in obj.get("bn_stats", {}).items()}
+    obj["stored_dtype"] = str(dtype).removeprefix("torch.")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(dst, buffer.getvalue())
+    return Path(dst)
+
+
 def _from_usspectrum(obj: dict, path) -> nn.Module:
     if obj.get("version", 0) > VERSION:
         raise USSpectrumError(f"checkpoint {path} is format version {obj['version']}; this "
                               f"usspectrum reads up to {VERSION}: upgrade usspectrum")
     arch = obj["arch"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))
-    _load_state(model, obj["state_dict"], path)
-    set_bn_stats(model, obj.get("bn_stats", {}))
+    _load_state(model, obj["state_dict"], path)  # copies into the model's float32 tensors
+    set_bn_stats(model, {key: {name: tuple(t.float() for t in pair)
+                               for name, pair in layers.items()}
+                         for key, layers in obj.get("bn_stats", {}).items()})
     model.meta = {"class_names": list(obj.get("class_names", [])),
                   "image": ImageSpec.from_dict(obj["image"]) if obj.get("image")
                   else ImageSpec.for_size(model.default_image_size),

@@ -92,7 +92,9 @@ def parse_repeats(text: str | None) -> tuple[int, ...] | None:
                          f"got {text!r}") from None
 
 
-def parse_stages(values: tuple[str, ...], num_stages: int) -> list[int]:
+def parse_stages(values: tuple[str, ...], num_stages: int | None) -> list[int]:
+    """``--stage`` values as stage numbers (``num_stages``: None when the
+    model is not known yet; 'all' then needs it)."""
     stages: list[int] = []
     for v in values:
         if v == "all":
@@ -101,9 +103,10 @@ def parse_stages(values: tuple[str, ...], num_stages: int) -> list[int]:
         try:
             stage = int(v)
         except ValueError:
-            raise UsageError(f"--stage takes a number 1-{num_stages} or 'all', got {v!r}") from None
-        if not 1 <= stage <= num_stages:
-            raise UsageError(f"--stage {stage} is out of range; this model has stages 1-{num_stages}")
+            raise UsageError(f"--stage takes a stage number (1, 2, ...) or 'all', got {v!r}") from None
+        if stage < 1 or (num_stages is not None and stage > num_stages):
+            raise UsageError(f"--stage {stage} is out of range; this model has stages "
+                             f"1-{num_stages or 'N'}")
         stages.append(stage)
     return list(dict.fromkeys(stages))
 
@@ -483,7 +486,8 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
     settings = settings_from(kw)
     x = x_column(kw, settings)
     out = out or default_out(checkpoint, "slim-stage")
-    model_stages = parse_stages(stages, 5)
+    # stage numbers are checked against the model once it is loaded
+    model_stages = "all" if "all" in stages else parse_stages(stages, None)
     if not 0 < ratio <= 1:
         raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
     with warnings.catch_warnings(record=True) as caught:

@@ -62,7 +62,8 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
     return df
 
 
-def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: Sequence[int],
+def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike,
+               stages: Sequence[int] | str,
                ratio: float, widths: str | Sequence | None, out: str | os.PathLike,
                settings: SweepSettings | None = None, plot: bool = True,
                x: str = "mflops") -> pd.DataFrame:
@@ -70,6 +71,8 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike, stages: S
     applied to that stage on top of the global width (the seed's Figure 1)."""
     settings = settings or SweepSettings()
     model = load_checkpoint(checkpoint, device=settings.device)
+    if stages == "all":
+        stages = range(1, model.num_stages + 1)
     for stage in stages:
         if not 1 <= stage <= model.num_stages:
             raise UsageError(f"--stage {stage} is out of range; this model has stages "
