@@ -18,6 +18,11 @@ evaluated on all 10,000 validation images:
 * Figure 2 -> OUT/compare.csv, compare.png/.svg (0.25:1.0:0.05)
 * Figure 1 -> OUT/slim-stage.csv, slim-stage.png/.svg (x0.6 on each stage)
 * Table 1  -> OUT/table1.csv (top-1 error at 0.25/0.5/0.75/1.0)
+* OUT/precision-check.csv: top-1 of the float32 and the shipped float16 US-Net
+
+The training checkpoints (OUT/<name>.pt, float32 with optimizer state) stay
+out of git; the figures are made from compact copies in OUT/models/ (float16
+on disk, float32 once loaded), which are what the repository ships.
 
 Rerunning the same command continues every model from its last finished
 epoch and every sweep from its last finished pass.
@@ -35,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from usspectrum import SweepSettings, TrainConfig, sweep, train
+from usspectrum.checkpoint import compact_checkpoint
 from usspectrum.compare import compare, slim_stage
 from usspectrum.results import write_table
 
@@ -85,6 +91,30 @@ def epochs_logged(checkpoint: Path) -> int:
     return int(epochs.max()) if len(epochs) else 0
 
 
+def ship(trained: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Compact copies of the trained checkpoints (no optimizer state, float16
+    on disk) in ``folder``, made once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = {}
+    for name, path in trained.items():
+        shipped[name] = folder / path.name
+        if not shipped[name].exists():
+            compact_checkpoint(path, shipped[name])
+    return shipped
+
+
+def precision_check(trained: Path, out: Path, data: str, settings: SweepSettings) -> pd.DataFrame:
+    """Top-1 of the float32 training checkpoint against the shipped float16
+    copy (Table 1's widths, same calibration images): what shipping costs."""
+    full = sweep(trained, data, TABLE1_WIDTHS, out / "precision-float32.csv", settings)
+    half = pd.read_csv(out / "table1-us-uniform.csv", dtype={"width": str})
+    check = pd.DataFrame({"width": full["width"], "top1_float32": full["top1"].values,
+                          "top1_float16": half.set_index("width").loc[full["width"], "top1"].values})
+    check["difference"] = (check["top1_float16"] - check["top1_float32"]).round(2)
+    write_table(check, out / "precision-check.csv")
+    return check
+
+
 def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings) -> pd.DataFrame:
     """Top-1 error of the uniform US-Net without and with output averaging."""
     frames = {name: sweep(paths[name], data, TABLE1_WIDTHS, out / f"table1-{name}.csv", settings)
@@ -111,7 +141,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--train-images", type=int, default=None, help="default: all")
-    parser.add_argument("--repeats", type=int, nargs=5, default=(1, 2, 2, 6, 2))
+    parser.add_argument("--repeats", type=int, nargs=5, default=(1, 2, 2, 6, 2),
+                        help="blocks per stage (default: the paper's full depth)")
     parser.add_argument("--eval-images", type=int, default=None, help="default: all of val/")
     parser.add_argument("--calib-images", type=int, default=2000)
     parser.add_argument("--widths", default="0.25:1.0:0.05")
@@ -124,10 +155,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    paths = train_all(args, out)
+    trained = train_all(args, out)
     print(f"training done ({time.perf_counter() - started:.0f} s this run)", flush=True)
     if args.train_only:
         return
+    # the figures come from the shipped float16 checkpoints (float32 once loaded),
+    # so `usspectrum sweep` on a shipped model reproduces its rows exactly
+    paths = ship(trained, out / "models")
     settings = SweepSettings(calib_images=args.calib_images, eval_images=args.eval_images,
                              device=args.device, progress=not args.quiet)
     t0 = time.perf_counter()
@@ -136,7 +170,9 @@ def main() -> None:
     figure1 = slim_stage(paths["us-nonuniform"], args.data, [1, 2, 3, 4, 5], 0.6,
                          args.stage_widths, out / "slim-stage.csv", settings)
     errors = table1(paths, args.data, out, settings)
+    precision = precision_check(trained["us-uniform"], out, args.data, settings)
     print(f"sweeps took {time.perf_counter() - t0:.0f} s")
+    print(precision.to_string(index=False))
     print(figure2.pivot(index="width", columns="model", values="top1").to_string())
     print(figure1[["width", "mflops", "top1"]].to_string(index=False))
     print(errors.to_string(index=False))
