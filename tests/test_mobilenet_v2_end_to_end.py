@@ -60,10 +60,10 @@ def test_trained_v2_checkpoint_describes_itself(v2_models):
 def test_sweep_compare_and_slim_stage(v2_models):
     tmp, data = v2_models
     cli_ok("sweep", tmp / "us.pt", "--data", data, "--widths", "0.35,0.6,1.0", "-o",
-           tmp / "sweep.csv", *FAST)
+           tmp / "sweep.csv", "--latency", *FAST)
     df = pd.read_csv(tmp / "sweep.csv", dtype={"width": str})
     assert list(df.width) == ["0.35", "0.6", "1.0"] and (df.eval_images == 64).all()
-    assert df.mflops.is_monotonic_increasing
+    assert df.mflops.is_monotonic_increasing and (df.latency_ms > 0).all()
 
     cli_ok("compare", tmp / "us.pt", tmp / "s_mobilenet_v2.pt", tmp / "mobilenet_v2.pt",
            "--data", data, "--widths", "0.35,0.5,1.0", "-o", tmp / "cmp", *FAST)
