@@ -13,6 +13,7 @@ from .plot import plot_spectrum
 from .spectrum import SweepSettings, sweep
 from .training import TrainConfig, train
 from .flops import Cost, FlopCounter, count_flops
+from .greedy_search import SearchSettings, search
 from .models import create_model, list_models, register_model
 from .width import WidthConfig, WidthLike, make_divisible, parse_width_list
 
@@ -32,5 +33,5 @@ __all__ = [
     "WidthConfig", "calibrate", "calibrate_checkpoint", "count_flops", "create_model",
     "evaluate", "list_models", "load_checkpoint", "make_divisible", "parse_width_list",
     "plot_spectrum", "register_model", "save_checkpoint", "set_width", "sweep",
-    "TrainConfig", "train",
+    "TrainConfig", "train", "SearchSettings", "search",
 ]

@@ -23,6 +23,8 @@ from .export import FORMATS as EXPORT_FORMATS
 from .models import create_model, list_models
 from .plot import check_columns, plot_spectrum
 from .results import write_table
+from .greedy_search import GRANULARITIES, SearchSettings, budget_report
+from .greedy_search import search as run_search
 from .spectrum import CALIBRATION_MODES, SweepSettings, default_widths
 from .spectrum import sweep as run_sweep
 from .training import TrainConfig
@@ -134,6 +136,8 @@ def cli() -> None:
 @click.option("--stem", type=click.Choice(["imagenet", "cifar"]), default="imagenet",
               show_default=True, help="Input stem.")
 @click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--repeats", default=None, metavar="N,N,...",
+              help="Blocks per stage of a shallower net [default: the paper's].")
 @click.option("--stage", "stages", multiple=True,
               help="Also count each width with --ratio applied to this stage (1-5 or 'all'; repeatable).")
 @click.option("--ratio", type=float, default=None, help="Extra ratio for --stage, in (0, 1].")
@@ -142,7 +146,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--list", "list_only", is_flag=True, help="List the registered models and exit.")
 def flops(model_name: str, widths: str, image_size: int | None, stem: str, num_classes: int,
-          stages: tuple[str, ...], ratio: float | None, csv_path: str | None,
+          repeats: str | None, stages: tuple[str, ...], ratio: float | None, csv_path: str | None,
           as_json: bool, list_only: bool) -> None:
     """Count MFLOPs (multiply-adds, fvcore) and active parameters per width.
 
@@ -156,7 +160,8 @@ def flops(model_name: str, widths: str, image_size: int | None, stem: str, num_c
     if list_only:
         click.echo("\n".join(list_models()))
         return
-    model = create_model(model_name, num_classes=num_classes, stem=stem)
+    extra = {"repeats": parse_repeats(repeats)} if repeats else {}
+    model = create_model(model_name, num_classes=num_classes, stem=stem, **extra)
     configs = parse_width_list(widths or default_widths(model))
     if stages or ratio is not None:
         if not stages or ratio is None:
@@ -536,6 +541,106 @@ def export_cmd(checkpoint: str, width: str, out: str, fmt: str, data: str | None
         fmt = "export" if str(out).endswith(".pt2") else "torchscript"
     meta = export_width(model, width, out, fmt)
     click.echo(f"wrote {out} ({fmt}): width {meta['width']}, channels {meta['channels']}")
+
+
+def parse_budgets(text: str | None, what: str) -> list[float]:
+    """``2,4,8`` or ``START:STOP:STEP`` as a sorted list of budgets."""
+    if not text:
+        return []
+    values: list[float] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if ":" in part:
+                start, stop, step = (float(p) for p in part.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                count = int((stop - start) / step + 1e-6) + 1
+                values.extend(round(start + i * step, 6) for i in range(count))
+            elif part:
+                values.append(float(part))
+    except ValueError:
+        raise UsageError(f"{what} takes numbers such as 2,4,8 or a range START:STOP:STEP, "
+                         f"got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise UsageError(f"{what} must be positive, got {text!r}")
+    return sorted(set(values), reverse=True)
+
+
+@cli.command("search")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, type=click.Path(),
+              help="ImageFolder root: train/ gives the search and calibration images, val/ "
+                   "the reported accuracies.")
+@click.option("--budget", "budget", default=None, metavar="MFLOPS",
+              help="MFLOPs budgets: 2,4,8 or START:STOP:STEP.")
+@click.option("--latency-budget", default=None, metavar="MS",
+              help="Batch-1 latency budgets in ms on this machine (measured along the path).")
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default="stage",
+              show_default=True, help="Slim whole stages, or every slimmable layer on its own.")
+@click.option("--step", type=float, default=0.05, show_default=True,
+              help="Width-ratio decrement of one slimming step (repeated until the group's "
+                   "channel count changes).")
+@click.option("--per-flop", is_flag=True, help="Rank candidates by accuracy lost per MFLOP saved.")
+@click.option("--search-images", type=int, default=2000, show_default=True,
+              help="Held-out training images that rank the candidates.")
+@click.option("--calib-images", type=int, default=1000, show_default=True,
+              help="Other training images for each candidate's BN calibration.")
+@click.option("--eval-images", type=int, default=None,
+              help="Cap the validation images of the report.")
+@click.option("--report-calib-images", type=int, default=2000, show_default=True,
+              help="Training images calibrating BN for the report's validation sweep.")
+@click.option("--stage-csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A slim-stage CSV whose per-stage curves join the plot (Figure 1).")
+@click.option("-o", "--out", default=None, help="Path CSV [default: CKPT-search.csv]; the "
+              "budget table and plot go beside it.")
+@click.option("--batch-size", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.option("--no-report", is_flag=True, help="Only the greedy path, no validation report.")
+@click.option("--quiet", is_flag=True)
+def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_flop,
+               search_images, calib_images, eval_images, report_calib_images, stage_csv, out,
+               batch_size, seed, workers, no_report, quiet) -> None:
+    """Greedy slimming (AutoSlim-style) of a trained US-Net: from the largest
+    width, repeatedly slim the group whose slimming costs the least top-1 on
+    held-out training images, one row per step; then report the config
+    chosen at each budget against the uniform width of equal or more FLOPs,
+    on val/.
+
+    \b
+    Examples:
+      usspectrum search us.pt --data ../shared/data/cifar10 --budget 10,20,35
+      usspectrum search us.pt --data DIR --budget 5:40:5 --granularity layer
+      usspectrum search us.pt --data DIR --latency-budget 1.5,2.5 --per-flop
+      usspectrum search us.pt --data DIR --budget 20 --stage-csv us-slim-stage.csv
+    """
+    budgets = parse_budgets(budget, "--budget")
+    latency_budgets = parse_budgets(latency_budget, "--latency-budget")
+    out = out or default_out(checkpoint, "search")
+    settings = SearchSettings(granularity=granularity, step=step, per_flop=per_flop,
+                              search_images=search_images, calib_images=calib_images,
+                              batch_size=batch_size, seed=seed, workers=workers,
+                              progress=not quiet)
+    try:
+        path = run_search(checkpoint, data, out, settings,
+                          budgets=budgets if not latency_budgets else ())
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; finished steps are kept in {out}; rerun "
+                                   "the same command to resume") from None
+    click.echo(path[["step", "group", "mflops", "top1", "loss", "seconds"]].to_string(index=False))
+    note(f"path: {out} ({len(path)} rows)")
+    if no_report or not (budgets or latency_budgets):
+        return
+    sweep_settings = SweepSettings(calib_images=report_calib_images, eval_images=eval_images,
+                                   batch_size=batch_size, seed=seed, workers=workers,
+                                   progress=not quiet)
+    table = budget_report(checkpoint, data, path, budgets, Path(out).parent,
+                          latency_budgets=latency_budgets, stage_csv=stage_csv,
+                          sweep_settings=sweep_settings)
+    click.echo(table.to_string(index=False))
+    note(f"budgets: {Path(out).parent / 'search-budgets.csv'}; plot: "
+         f"{Path(out).parent / 'search.png'}")
 
 
 @cli.command("demo")

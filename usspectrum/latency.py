@@ -52,3 +52,13 @@ def measure_speed(model: nn.Module, image_size: int, device: str | torch.device 
     latency = _median_seconds(model, one, warmup, repeats)
     per_batch = _median_seconds(model, many, max(1, warmup // 2), batch_repeats)
     return Speed(latency_ms=1000.0 * latency, throughput=batch / per_batch)
+
+
+def measure_latency(model: nn.Module, image_size: int, device: str | torch.device = "cpu", *,
+                    warmup: int = 5, repeats: int = 30) -> float:
+    """Median batch-1 latency (ms) of ``model`` in eval mode."""
+    device = torch.device(device)
+    model.eval()
+    one = torch.randn(1, 3, image_size, image_size,
+                      generator=torch.Generator().manual_seed(0)).to(device)
+    return 1000.0 * _median_seconds(model, one, warmup, repeats)

@@ -1,0 +1,364 @@
+"""Greedy slimming of a trained US-Net under a FLOPs or latency budget.
+
+The method of AutoSlim, on a one-shot US-Net: start at the largest width;
+at each step build one candidate per group of layers (a stage, or a single
+slimmable layer; MobileNet v2's residual chains are one slot already), each
+slimming that group by ``step`` of the width ratio; BN-calibrate every
+candidate and evaluate it on a *search subset*, all candidates in one pass
+over in-memory batches; keep the candidate that loses the least top-1 and
+go on until every group is at the model's smallest trained width.
+
+Images: the search subset and the calibration images are disjoint, seeded
+draws from ``train/``; ``val/`` is never used to choose, only to report the
+chosen configs (:func:`resolve_budgets`).
+
+Tie-break: the smallest loss of search top-1; among equal losses the
+candidate that saves more FLOPs, then the earlier group. With ``per_flop``
+the loss is divided by the MFLOPs saved (cheapest accuracy per FLOP).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from .allocator import keep_freed_memory
+from .calibration import DenseCalibrator
+from .checkpoint import load_checkpoint
+from .data import check_classes, eval_transform, make_loader, open_split
+from .dense import to_dense
+from .errors import USSpectrumError, UsageError
+from .evaluate import evaluate_nets
+from .flops import FlopCounter
+from .layers import slim_batchnorms
+from .results import RowWriter
+from .width import WidthConfig, format_ratio, parse_width_list
+
+GRANULARITIES = ("stage", "layer")
+COLUMNS = ["step", "group", "config", "mflops", "params_m", "top1", "loss", "candidates",
+           "seconds", "granularity", "step_ratio", "per_flop", "search_images",
+           "calib_images", "seed", "fingerprint"]
+_TOL = 1e-6
+
+
+@dataclass
+class SearchSettings:
+    """How the greedy search runs (see the module docstring)."""
+
+    granularity: str = "stage"
+    step: float = 0.05
+    per_flop: bool = False
+    search_images: int = 2000
+    calib_images: int = 1000
+    batch_size: int = 200
+    seed: int = 0
+    workers: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, "
+                             f"got {self.granularity!r}")
+        if not 0 < self.step < 1:
+            raise UsageError(f"--step must be a ratio in (0, 1), such as 0.05; got {self.step}")
+        for name in ("search_images", "calib_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def search_groups(model: nn.Module, granularity: str) -> list[tuple[str, list[int]]]:
+    """``(name, slot indices)`` of the groups slimmed together: the model's
+    stages (the stem is its own group), or every slot."""
+    if granularity == "layer":
+        return [(slot.name, [i]) for i, slot in enumerate(model.slots)]
+    stages: dict[int, list[int]] = {}
+    for i, slot in enumerate(model.slots):
+        stages.setdefault(slot.stage, []).append(i)
+    return [("stem" if s == 0 else f"stage {s}", idx) for s, idx in sorted(stages.items())]
+
+
+def held_out_indices(size: int, calib: int, search: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint seeded draws from ``size`` training images: (calibration, search)."""
+    if calib + search > size:
+        raise UsageError(f"--calib-images {calib} and --search-images {search} need "
+                         f"{calib + search} training images, but train/ has {size}; use fewer")
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[:calib]), sorted(perm[calib:calib + search])
+
+
+def slim_group(model: nn.Module, ratios: list[float], group: list[int], step: float,
+               lowest: float) -> list[float] | None:
+    """``ratios`` with ``group`` lowered by ``step`` until its channel counts
+    change (rounding can hide a step); None when it is at ``lowest``."""
+    slots = model.slots
+    before = [slots[i].active(ratios[i]) for i in group]
+    new = list(ratios)
+    while True:
+        lowered = [round(max(lowest, new[i] - step), 6) for i in group]
+        if all(abs(a - b) < _TOL for a, b in zip(lowered, (new[i] for i in group))):
+            return None  # already at the bottom without a change
+        for i, r in zip(group, lowered):
+            new[i] = r
+        if [slots[i].active(new[i]) for i in group] != before:
+            return new
+
+
+def _config(ratios: Sequence[float]) -> WidthConfig:
+    return WidthConfig.per_layer(ratios)
+
+
+class _InMemory:
+    """A subset of ``train/`` decoded once, as evaluation-ready batches."""
+
+    def __init__(self, dataset, indices: list[int], batch_size: int, workers, what: str,
+                 progress: bool) -> None:
+        loader = make_loader(Subset(dataset, indices), batch_size, workers)
+        self.batches = [(x, y) for x, y in tqdm(loader, desc=f"load {what}", unit="batch",
+                                                 disable=not progress, leave=False)]
+
+    def images(self):
+        return (x for x, _ in self.batches)
+
+
+def check_budgets(counter: FlopCounter, model: nn.Module, budgets: Sequence[float]) -> None:
+    """Budgets must lie between the smallest and the largest width's MFLOPs."""
+    lo, hi = model.width_range
+    smallest, largest = counter.at(lo).mflops, counter.at(hi).mflops
+    for b in budgets:
+        if b < smallest:
+            raise UsageError(f"budget {b} MFLOPs is below the smallest width's {smallest:.3f} "
+                             f"MFLOPs (every layer at {format_ratio(lo)}); raise it")
+        if b > largest:
+            raise UsageError(f"budget {b} MFLOPs is above the largest width's {largest:.3f} "
+                             f"MFLOPs (width {format_ratio(hi)}); no slimming is needed below it")
+
+
+def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
+           out: str | os.PathLike, settings: SearchSettings | None = None,
+           budgets: Sequence[float] = (), **overrides) -> pd.DataFrame:
+    """Run (or resume) the greedy path of ``checkpoint``; one CSV row per step
+    in ``out``, written as it is measured. Stops at the model's smallest
+    width, or once below the smallest of ``budgets`` (MFLOPs). Returns the path."""
+    settings = dataclasses.replace(settings or SearchSettings(), **overrides)
+    keep_freed_memory()
+    model = (checkpoint if isinstance(checkpoint, nn.Module)
+             else load_checkpoint(checkpoint)).eval()
+    lo, hi = model.width_range
+    if hi - lo < _TOL:
+        raise UsageError(f"{model.meta.get('path', 'the model')} was trained at width "
+                         f"{format_ratio(hi)} only ({model.kind}); the search needs a network "
+                         "trained over a range of widths, such as a US-Net")
+    spec = model.meta["image"]
+    counter = FlopCounter(model, spec.image_size)
+    if budgets:
+        check_budgets(counter, model, budgets)
+    fingerprint = model.meta.get("fingerprint", "")
+    writer = RowWriter(out, COLUMNS, required=("config", "fingerprint"))
+    done = writer.existing()
+    fixed = {"granularity": settings.granularity, "step_ratio": settings.step,
+             "per_flop": settings.per_flop, "search_images": settings.search_images,
+             "calib_images": settings.calib_images, "seed": settings.seed,
+             "fingerprint": fingerprint}
+    if len(done):
+        first = done.iloc[0]
+        differ = [k for k, v in fixed.items() if str(first[k]) != str(v)]
+        if differ:
+            raise USSpectrumError(f"{out} holds a search with other settings or another "
+                                  f"checkpoint ({', '.join(differ)}); choose another -o or "
+                                  "the same options")
+
+    groups = search_groups(model, settings.granularity)
+    ratios = [hi] * len(model.slots)
+    step_no, current = 0, None
+    if len(done):
+        last = done.iloc[-1]
+        ratios = list(WidthConfig.parse(last["config"]).layer_ratios)
+        step_no, current = int(last["step"]), float(last["top1"])
+        if _finished(model, ratios, groups, settings, lo, budgets, float(last["mflops"])):
+            return writer.existing()
+
+    train = open_split(data, "train", eval_transform(spec))
+    check_classes(train, model.meta.get("class_names"), f"{data}/train")
+    calib_idx, search_idx = held_out_indices(len(train), settings.calib_images,
+                                             settings.search_images, settings.seed)
+    calib = _InMemory(train, calib_idx, settings.batch_size, settings.workers,
+                      "calibration images", settings.progress)
+    held = _InMemory(train, search_idx, settings.batch_size, settings.workers,
+                     "search images", settings.progress)
+
+    def measure(configs: list[WidthConfig]) -> dict[str, float]:
+        keys = [str(c) for c in configs]
+        with DenseCalibrator(model, configs) as cal:
+            for images in calib.images():
+                cal.update(images)
+        nets = {k: to_dense(model, c, fuse_activations=True) for k, c in zip(keys, configs)}
+        results = evaluate_nets(nets, held.batches)
+        for _, bn in slim_batchnorms(model):  # candidates' statistics are not kept
+            for k in keys:
+                bn.calibrated.pop(k, None)
+        return {k: results[k].top1 for k in keys}
+
+    def row(step: int, group: str, config: WidthConfig, top1: float, loss: float,
+            candidates: int, seconds: float) -> dict:
+        cost = counter.at(config)
+        return {"step": step, "group": group, "config": str(config),
+                "mflops": round(cost.mflops, 3), "params_m": round(cost.params_m, 4),
+                "top1": round(top1, 4), "loss": round(loss, 4), "candidates": candidates,
+                "seconds": round(seconds, 2), **fixed}
+
+    bar = tqdm(desc="greedy search", unit="step", disable=not settings.progress)
+    if current is None:
+        start = time.perf_counter()
+        current = measure([_config(ratios)])[str(_config(ratios))]
+        writer.append(row(0, "", _config(ratios), current, 0.0, 1, time.perf_counter() - start))
+    while True:
+        start = time.perf_counter()
+        candidates = []
+        for order, (name, idx) in enumerate(groups):
+            new = slim_group(model, ratios, idx, settings.step, lo)
+            if new is not None:
+                candidates.append((order, name, new))
+        if not candidates:
+            break
+        configs = [_config(r) for _, _, r in candidates]
+        accuracy = measure(configs)
+        here = counter.at(_config(ratios)).mflops
+
+        def score(item):
+            (order, _, new), config = item
+            saved = here - counter.at(config).mflops
+            loss = current - accuracy[str(config)]
+            key = loss / max(saved, 1e-9) if settings.per_flop else loss
+            return (round(key, 9), -saved, order)
+
+        (order, name, new), config = min(zip(candidates, configs), key=score)
+        step_no += 1
+        top1 = accuracy[str(config)]
+        writer.append(row(step_no, name, config, top1, current - top1, len(candidates),
+                          time.perf_counter() - start))
+        ratios, current = new, top1
+        bar.update(1)
+        bar.set_postfix(mflops=f"{counter.at(config).mflops:.2f}", top1=f"{top1:.2f}")
+        if budgets and counter.at(config).mflops < min(budgets):
+            break
+    bar.close()
+    return writer.existing()
+
+
+def _finished(model, ratios, groups, settings, lo, budgets, mflops) -> bool:
+    if budgets and mflops < min(budgets):
+        return True
+    return all(slim_group(model, ratios, idx, settings.step, lo) is None for _, idx in groups)
+
+
+def pick_for_budgets(path: pd.DataFrame, budgets: Sequence[float],
+                     column: str = "mflops") -> pd.DataFrame:
+    """For each budget the path's first (largest) config whose ``column``
+    is within it."""
+    rows = []
+    for b in budgets:
+        fits = path[path[column] <= b + _TOL]
+        if not len(fits):
+            raise UsageError(f"no config of the search path fits the budget {b} ({column}); "
+                             "the path stops above it: rerun the search with this budget")
+        rows.append({"budget": b, **fits.iloc[0][["step", "config", "mflops", "top1"]].to_dict()})
+    return pd.DataFrame(rows)
+
+
+def path_latency(model: nn.Module, path: pd.DataFrame, image_size: int,
+                 repeats: int = 30) -> pd.Series:
+    """Batch-1 latency (ms, median) of every config of the path, on this machine."""
+    from .latency import measure_latency
+
+    return pd.Series([measure_latency(to_dense(model, c, fuse_activations=True), image_size,
+                                      repeats=repeats) for c in path["config"]], index=path.index)
+
+
+def nearest_uniform(counter: FlopCounter, model: nn.Module, mflops: float,
+                    step: float = 0.025) -> tuple[str, float]:
+    """The uniform width (on a grid of ``step``) with the fewest MFLOPs at or
+    above ``mflops``."""
+    lo, hi = model.width_range
+    count = int(round((hi - lo) / step)) + 1
+    for i in range(count):
+        width = WidthConfig(min(hi, lo + i * step))
+        cost = counter.at(width).mflops
+        if cost >= mflops - 1e-3:
+            return str(width), cost
+    return str(WidthConfig(hi)), counter.at(hi).mflops
+
+
+def budget_report(checkpoint: str | os.PathLike, data: str | os.PathLike, path: pd.DataFrame,
+                  budgets: Sequence[float], out_dir: str | os.PathLike, *,
+                  latency_budgets: Sequence[float] = (), stage_csv: str | None = None,
+                  sweep_settings=None, path_points: int = 12, plot: bool = True
+                  ) -> pd.DataFrame:
+    """Val top-1 of the searched config at each budget and of the uniform
+    width with the nearest FLOPs at or above it; ``search-budgets.csv`` and a
+    plot of the greedy path against the uniform spectrum (and the per-stage
+    curves of ``stage_csv``, a slim-stage CSV) in ``out_dir``."""
+    from .plot import plot_spectrum, stage_series
+    from .results import write_table
+    from .spectrum import SweepSettings, default_widths, sweep
+
+    out_dir = Path(out_dir)
+    model = load_checkpoint(checkpoint).eval()
+    counter = FlopCounter(model, model.meta["image"].image_size)
+    chosen = []
+    if budgets:
+        chosen.append(pick_for_budgets(path, budgets).assign(kind="mflops"))
+    if latency_budgets:
+        timed = path.assign(latency_ms=path_latency(model, path, counter.image_size))
+        widest = float(timed["latency_ms"].iloc[0])
+        for b in latency_budgets:
+            if b > widest:
+                raise UsageError(f"latency budget {b} ms is above the widest config's "
+                                 f"{widest:.2f} ms on this machine; no slimming is needed")
+        picked = pick_for_budgets(timed, latency_budgets, "latency_ms").assign(kind="latency_ms")
+        chosen.append(picked)
+    table = pd.concat(chosen, ignore_index=True) if chosen else pd.DataFrame(
+        columns=["budget", "step", "config", "mflops", "top1", "kind"])
+    table = table.rename(columns={"top1": "search_top1"})
+    uniform = [nearest_uniform(counter, model, m) for m in table["mflops"]]
+    table["uniform_width"] = [w for w, _ in uniform]
+    table["uniform_mflops"] = [round(m, 3) for _, m in uniform]
+    # one val sweep: chosen configs, their uniform neighbours, points along the
+    # path and the uniform spectrum, every one BN-calibrated on train images
+    every = max(1, len(path) // max(1, path_points))
+    along = list(path["config"].iloc[::every]) + [path["config"].iloc[-1]]
+    spectrum = [str(c) for c in parse_width_list(default_widths(model))]
+    widths = list(dict.fromkeys([*table["config"], *table["uniform_width"], *along, *spectrum]))
+    settings = sweep_settings or SweepSettings()
+    val = sweep(model, data, widths, out_dir / "search-val.csv",
+                dataclasses.replace(settings, calibration="always"), label="search")
+    top1 = dict(zip(val["width"].astype(str), val["top1"]))
+    table["val_top1"] = [top1[c] for c in table["config"]]
+    table["uniform_val_top1"] = [top1[w] for w in table["uniform_width"]]
+    table["gain"] = (table["val_top1"] - table["uniform_val_top1"]).round(2)
+    write_table(table, out_dir / "search-budgets.csv")
+    if plot:
+        mflops = dict(zip(val["width"].astype(str), val["mflops"]))
+        frames = [pd.DataFrame({"model": "greedy search (val)", "width": "path",
+                                "mflops": [mflops[c] for c in dict.fromkeys(along)],
+                                "top1": [top1[c] for c in dict.fromkeys(along)]}),
+                  pd.DataFrame({"model": "uniform", "width": "uniform",
+                                "mflops": [mflops[w] for w in spectrum],
+                                "top1": [top1[w] for w in spectrum]})]
+        if stage_csv:
+            stages = pd.read_csv(stage_csv, dtype={"width": str})
+            stages = stages[stages["width"].str.contains("@s")]
+            frames.append(pd.DataFrame({"model": stages["width"].map(stage_series),
+                                        "width": "stage", "mflops": stages["mflops"],
+                                        "top1": stages["top1"]}))
+        plot_spectrum(pd.concat(frames, ignore_index=True), out_dir / "search",
+                      title="Greedy slimming vs uniform widths (val)")
+    return table
