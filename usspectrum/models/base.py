@@ -133,3 +133,18 @@ def check_repeats(repeats: Sequence[int] | None, default: Sequence[int]) -> tupl
         raise UsageError(f"repeats needs {len(default)} block counts >= 1 (one per stage), "
                          f"got {list(values)}")
     return values
+
+
+def mark_kind(model: SlimmableNet, kind: str, *, width_range: Sequence[float] | None = None,
+              switches: tuple[float, ...] | None = None) -> SlimmableNet:
+    """Record what ``model`` was built as: a US-Net over ``width_range``, a
+    slimmable net with (checked) ``switches``, or an individual net at 1.0."""
+    model.kind = kind
+    if kind == "us":
+        model.width_range = check_width_range(width_range)
+    elif kind == "slimmable":
+        model.switches = switches
+        model.width_range = (switches[0], switches[-1])
+    else:
+        model.width_range = (1.0, 1.0)
+    return model

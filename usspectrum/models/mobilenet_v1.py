@@ -18,8 +18,8 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
-from .base import (SlimmableNet, check_repeats, check_switches, check_width_range,
-                   init_weights, leaf_modules)
+from .base import (SlimmableNet, check_repeats, check_switches,
+                   init_weights, leaf_modules, mark_kind)
 from .registry import register_model
 
 STEM_CHANNELS = 32
@@ -102,8 +102,7 @@ def us_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
                     repeats: Sequence[int] | None = None) -> MobileNetV1:
     """US-MobileNet v1: shared BN affine, runs at any width in ``width_range``."""
     model = MobileNetV1(num_classes, stem, USBatchNorm2d, average_output, repeats)
-    model.kind, model.width_range = "us", check_width_range(width_range)
-    return model
+    return mark_kind(model, "us", width_range=width_range)
 
 
 @register_model
@@ -114,9 +113,7 @@ def s_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
     values = check_switches(switches)
     model = MobileNetV1(num_classes, stem, lambda c: SwitchableBatchNorm2d(c, values),
                         repeats=repeats)
-    model.kind, model.switches = "slimmable", values
-    model.width_range = (values[0], values[-1])
-    return model
+    return mark_kind(model, "slimmable", switches=values)
 
 
 @register_model
@@ -125,5 +122,4 @@ def mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet",
     """Plain MobileNet v1 1.0x (the individually trained baseline); narrower
     widths slice its channels, which is how Figure 2 evaluates it."""
     model = MobileNetV1(num_classes, stem, USBatchNorm2d, repeats=repeats)
-    model.kind, model.width_range = "individual", (1.0, 1.0)
-    return model
+    return mark_kind(model, "individual")

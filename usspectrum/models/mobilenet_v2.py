@@ -32,8 +32,8 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
-from .base import (Residual, SlimmableNet, check_repeats, check_switches, check_width_range,
-                   init_weights, leaf_modules)
+from .base import (Residual, SlimmableNet, check_repeats, check_switches,
+                   init_weights, leaf_modules, mark_kind)
 from .registry import register_model
 
 STEM_CHANNELS = 32
@@ -157,8 +157,7 @@ def us_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
                     repeats: Sequence[int] | None = None) -> MobileNetV2:
     """US-MobileNet v2: shared BN affine, runs at any width in ``width_range``."""
     model = MobileNetV2(num_classes, stem, _us_norm, average_output, repeats)
-    model.kind, model.width_range = "us", check_width_range(width_range)
-    return model
+    return mark_kind(model, "us", width_range=width_range)
 
 
 @register_model
@@ -170,9 +169,7 @@ def s_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
     values = check_switches(switches)
     model = MobileNetV2(num_classes, stem,
                         lambda c, m: SwitchableBatchNorm2d(c, values, multiple=m), repeats=repeats)
-    model.kind, model.switches = "slimmable", values
-    model.width_range = (values[0], values[-1])
-    return model
+    return mark_kind(model, "slimmable", switches=values)
 
 
 @register_model
@@ -181,5 +178,4 @@ def mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",
     """Plain MobileNet v2 1.0x (the individually trained baseline; also what a
     torchvision ``mobilenet_v2`` state dict loads into)."""
     model = MobileNetV2(num_classes, stem, _us_norm, repeats=repeats)
-    model.kind, model.width_range = "individual", (1.0, 1.0)
-    return model
+    return mark_kind(model, "individual")
