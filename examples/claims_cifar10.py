@@ -1,0 +1,149 @@
+"""Read the reproduction's results against the paper's claims.
+
+Reads OUT/compare.csv (Figure 2), OUT/slim-stage.csv (Figure 1),
+OUT/table1.csv (Table 1) and the per-epoch training logs written by
+``examples/reproduce_cifar10.py``, and writes
+
+* OUT/claims.csv: claim, the paper's number, ours, holds or not, and the
+  criterion used;
+* OUT/learning-curve.csv: per epoch, the gaps the claims are about, as the
+  training logs measured them (2,000 val images, BN calibrated at the
+  smallest and largest width only).
+
+    python examples/claims_cifar10.py                       # examples/results/cifar10
+    python examples/claims_cifar10.py --out /tmp/smoke
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SWITCHES = ["0.25", "0.5", "0.75", "1.0"]
+# The paper's numbers (ImageNet top-1 error, %): the facts file; the
+# individual MobileNet v1 1.0x from the Slimmable Networks paper's table.
+PAPER_US = {"0.25": 44.3, "0.5": 35.8, "0.75": 30.5, "1.0": 28.2}
+PAPER_S = {"0.25": 46.9, "0.5": 35.2, "0.75": 30.5, "1.0": 28.5}
+PAPER_INDIVIDUAL_1 = 29.1
+PAPER_TABLE1 = (34.7, 34.3)  # average error without / with output averaging
+
+
+def spectrum(df: pd.DataFrame, model: str) -> pd.Series:
+    rows = df[df["model"] == model]
+    return pd.Series(rows["top1"].values, index=rows["width"].astype(str).values)
+
+
+def stage_losses(df: pd.DataFrame) -> dict[str, float]:
+    """Mean top-1 lost against the uniform curve at equal MFLOPs, per stage
+    curve (linear interpolation of the uniform curve in MFLOPs)."""
+    widths = df["width"].astype(str)
+    uniform = df[~widths.str.contains("@s")].sort_values("mflops")
+    out = {}
+    for stage in sorted({w.split("@s")[1].split("x")[0] for w in widths if "@s" in w}, key=int):
+        rows = df[widths.str.contains(f"@s{stage}x")]
+        inside = rows[(rows.mflops >= uniform.mflops.min()) & (rows.mflops <= uniform.mflops.max())]
+        at_equal = np.interp(inside.mflops, uniform.mflops, uniform.top1)
+        out[stage] = float(np.mean(at_equal - inside.top1)) if len(inside) else float("nan")
+    return out
+
+
+def claims(out: Path) -> pd.DataFrame:
+    cmp = pd.read_csv(out / "compare.csv", dtype={"width": str})
+    us, s, ind = (spectrum(cmp, m) for m in ("us-uniform", "s-net-4switch", "individual"))
+    rows = []
+
+    below = [w for w in ind.index if float(w) <= 0.75]
+    worst_gap = float((us[below] - ind[below]).min())
+    rows.append({
+        "claim": "individual net collapses below 1.0, even after calibration",
+        "paper": "fails when slimmed (Figure 2)",
+        "ours": f"top-1 at 0.5: {ind['0.5']:.2f} vs {ind['1.0']:.2f} at 1.0; US-Net ahead by "
+                f">= {worst_gap:.2f} points at every width <= 0.75",
+        "holds": bool(ind["0.5"] <= ind["1.0"] - 10 and worst_gap >= 10),
+        "criterion": ">= 10 points below its own 1.0 at 0.5 and below the US-Net by >= 10 "
+                     "at every width <= 0.75"})
+
+    gaps = {w: us[w] - s[w] for w in SWITCHES}
+    paper = ", ".join(f"{w}: {PAPER_S[w] - PAPER_US[w]:+.1f}" for w in SWITCHES)
+    rows.append({
+        "claim": "US-Net within 1.5 points of the S-Net at each switch",
+        "paper": f"US minus S top-1 {paper}",
+        "ours": ", ".join(f"{w}: {g:+.2f}" for w, g in gaps.items()),
+        "holds": all(g >= -1.5 for g in gaps.values()),
+        "criterion": "US top-1 >= S top-1 - 1.5 at 0.25, 0.5, 0.75, 1.0"})
+
+    between = [w for w in us.index if w not in SWITCHES and w in s.index]
+    mean_between = float((us[between] - s[between]).mean())
+    rows.append({
+        "claim": "US-Net above the S-Net between switches, on average",
+        "paper": "S-Net cannot run between switches",
+        "ours": f"mean US minus S over {len(between)} widths: {mean_between:+.2f}",
+        "holds": mean_between > 0, "criterion": "mean difference > 0"})
+
+    gap1 = us["1.0"] - ind["1.0"]
+    rows.append({
+        "claim": "US-Net at 1.0 within 1 point of the individual net, or better",
+        "paper": f"US {100 - PAPER_US['1.0']:.1f} vs individual {100 - PAPER_INDIVIDUAL_1:.1f} "
+                 f"({PAPER_INDIVIDUAL_1 - PAPER_US['1.0']:+.1f})",
+        "ours": f"US {us['1.0']:.2f} vs individual {ind['1.0']:.2f} ({gap1:+.2f})",
+        "holds": gap1 >= -1.0, "criterion": "US top-1 >= individual top-1 - 1"})
+
+    losses = stage_losses(pd.read_csv(out / "slim-stage.csv", dtype={"width": str}))
+    worst = max(losses, key=losses.get)
+    rows.append({
+        "claim": "slimming stage 5 is worst at equal FLOPs",
+        "paper": "stage 5 worst (Figure 1)",
+        "ours": ", ".join(f"stage {k}: {v:.2f}" for k, v in losses.items()) + f"; worst: {worst}",
+        "holds": worst == "5",
+        "criterion": "largest mean top-1 loss against the uniform curve at equal MFLOPs"})
+
+    t1 = pd.read_csv(out / "table1.csv")
+    plain, averaged = t1.error_plain.mean(), t1.error_averaged.mean()
+    rows.append({
+        "claim": "output averaging helps on average (Table 1)",
+        "paper": f"mean error {PAPER_TABLE1[0]} -> {PAPER_TABLE1[1]}",
+        "ours": f"mean error {plain:.2f} -> {averaged:.2f}",
+        "holds": averaged < plain, "criterion": "lower mean top-1 error at 0.25/0.5/0.75/1.0"})
+    return pd.DataFrame(rows)
+
+
+def learning_curve(out: Path) -> pd.DataFrame:
+    logs = {name: pd.read_csv(out / f"{name}-log.csv").set_index("epoch")
+            for name in ("us-uniform", "s-net-4switch", "individual", "us-uniform-avg",
+                         "us-nonuniform") if (out / f"{name}-log.csv").exists()}
+    epochs = sorted(set.intersection(*(set(log.index) for log in logs.values())))
+    rows = []
+    for e in epochs:
+        row = {"epoch": e}
+        for name, log in logs.items():
+            row[f"{name} 0.25"] = log.loc[e, "top1_smallest"]
+            row[f"{name} 1.0"] = log.loc[e, "top1_largest"]
+        row["US - S at 0.25"] = round(row["us-uniform 0.25"] - row["s-net-4switch 0.25"], 2)
+        row["US - S at 1.0"] = round(row["us-uniform 1.0"] - row["s-net-4switch 1.0"], 2)
+        row["US - individual at 1.0"] = round(row["us-uniform 1.0"] - row["individual 1.0"], 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.relpath(ROOT / "examples" / "results" / "cifar10"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    table = claims(out)
+    table.to_csv(out / "claims.csv", index=False)
+    curve = learning_curve(out)
+    curve.to_csv(out / "learning-curve.csv", index=False)
+    print("| claim | paper | ours | holds |\n|---|---|---|---|")
+    for _, r in table.iterrows():
+        print(f"| {r.claim} | {r.paper} | {r.ours} | {'yes' if r.holds else 'no'} |")
+    print()
+    print(curve.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
