@@ -158,7 +158,7 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
                          f"{format_ratio(hi)} only ({model.kind}); the search needs a network "
                          "trained over a range of widths, such as a US-Net")
     spec = model.meta["image"]
-    counter = FlopCounter(model, spec.image_size)
+    counter = FlopCounter(model, spec.image_size, scaled=True)  # many candidates: fast counts
     if budgets:
         check_budgets(counter, model, budgets)
     fingerprint = model.meta.get("fingerprint", "")
