@@ -119,7 +119,7 @@ def test_torchvision_state_dict_sweeps_from_the_cli(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=2)
     net = torchvision.models.mobilenet_v2(weights=None, num_classes=3).eval()
     torch.save(net.state_dict(), tmp_path / "tv.pt")
-    result = cli_ok("sweep", tmp_path / "tv.pt", "--data", tmp_path / "data", "-o",
+    result = cli_ok("sweep", tmp_path / "tv.pt", "--data", data, "-o",
                     tmp_path / "tv.csv", "--calib-images", 6, "--eval-images", 6,
                     "--batch-size", 6, "--workers", 0, "--quiet", "--no-plot")
     df = pd.read_csv(tmp_path / "tv.csv", dtype={"width": str})

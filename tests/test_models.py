@@ -2,7 +2,6 @@
 channels; the dense copy here is built independently of usspectrum."""
 import pytest
 import torch
-import torch.nn as nn
 
 import usspectrum
 from usspectrum.layers import SlimConv2d, SwitchableBatchNorm2d

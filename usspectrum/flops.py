@@ -79,7 +79,7 @@ class FlopCounter:
         """Cost of the model at ``width``; the model's own width is restored."""
         model = self.model
         previous = model.width_config
-        config = model.set_width(WidthConfig.coerce(width))
+        model.set_width(WidthConfig.coerce(width))
         try:
             key = tuple(model.active_channels())
             if key not in self._cache:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import pandas as pd
-import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
