@@ -115,13 +115,14 @@ def learning_curve(out: Path) -> pd.DataFrame:
     logs = {name: pd.read_csv(out / f"{name}-log.csv").set_index("epoch")
             for name in ("us-uniform", "s-net-4switch", "individual", "us-uniform-avg",
                          "us-nonuniform") if (out / f"{name}-log.csv").exists()}
-    epochs = sorted(set.intersection(*(set(log.index) for log in logs.values())))
+    # us-uniform-avg may stop early (Table 1's epochs): its later cells stay empty
+    epochs = sorted(set.union(*(set(log.index) for log in logs.values())))
     rows = []
     for e in epochs:
         row = {"epoch": e}
         for name, log in logs.items():
-            row[f"{name} 0.25"] = log.loc[e, "top1_smallest"]
-            row[f"{name} 1.0"] = log.loc[e, "top1_largest"]
+            row[f"{name} 0.25"] = log.loc[e, "top1_smallest"] if e in log.index else np.nan
+            row[f"{name} 1.0"] = log.loc[e, "top1_largest"] if e in log.index else np.nan
         row["US - S at 0.25"] = round(row["us-uniform 0.25"] - row["s-net-4switch 0.25"], 2)
         row["US - S at 1.0"] = round(row["us-uniform 1.0"] - row["s-net-4switch 1.0"], 2)
         row["US - individual at 1.0"] = round(row["us-uniform 1.0"] - row["individual 1.0"], 2)

@@ -9,6 +9,13 @@ MobileNet v1s (CIFAR stem, 32x32) on the whole 50,000-image training split:
 * ``individual``      plain net at 1.0, sliced below it (Figure 2)
 * ``us-uniform-avg``  uniform US-Net with output averaging (Table 1)
 
+``us-uniform-avg`` trains ``--table1-epochs`` epochs (default 4, half the
+run) and Table 1 compares it with the uniform US-Net's snapshot at the same
+epoch, so both columns of Table 1 have the same training. Every model is
+snapshotted at that epoch (OUT/epoch<N>/<name>.pt), and the US-Net, S-Net and
+individual snapshots are also evaluated at the four switches: a spectrum
+half-way along the learning curve.
+
 The models train round-robin, one epoch each in turn, so every model's
 per-epoch log (``<name>-log.csv``: loss, top-1 at the smallest and largest
 width) grows together and an interrupted run loses at most one epoch of one
@@ -18,6 +25,7 @@ evaluated on all 10,000 validation images:
 * Figure 2 -> OUT/compare.csv, compare.png/.svg (0.25:1.0:0.05)
 * Figure 1 -> OUT/slim-stage.csv, slim-stage.png/.svg (x0.6 on each stage)
 * Table 1  -> OUT/table1.csv (top-1 error at 0.25/0.5/0.75/1.0)
+* OUT/epoch<N>/compare.csv: the snapshots at the four switches
 * OUT/precision-check.csv: top-1 of the float32 and the shipped float16 US-Net
 
 The training checkpoints (OUT/<name>.pt, float32 with optimizer state) stay
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -69,17 +78,34 @@ def train_all(args: argparse.Namespace, out: Path) -> dict[str, Path]:
     paths = {name: out / f"{name}.pt" for name in MODELS}
     for epoch in range(1, args.epochs + 1):
         for name, fields in MODELS.items():
-            if epochs_logged(paths[name]) >= epoch:
-                continue  # finished in an earlier run
-            started = time.perf_counter()
-            result = train(base, **fields, out=str(paths[name]), stop_after=epoch,
-                           resume=paths[name].exists())
-            last = result.log.iloc[-1] if len(result.log) else None
-            if last is not None and int(last["epoch"]) == epoch:
-                print(f"epoch {epoch}/{args.epochs} {name}: loss {last['loss']:.3f}, "
-                      f"top-1 {last['top1_smallest']:.2f} / {last['top1_largest']:.2f} "
-                      f"({time.perf_counter() - started:.0f} s)", flush=True)
+            if epoch > epochs_for(name, args):
+                continue
+            if epochs_logged(paths[name]) < epoch:
+                started = time.perf_counter()
+                result = train(base, **fields, out=str(paths[name]), stop_after=epoch,
+                               resume=paths[name].exists())
+                last = result.log.iloc[-1] if len(result.log) else None
+                if last is not None and int(last["epoch"]) == epoch:
+                    print(f"epoch {epoch}/{epochs_for(name, args)} {name}: loss {last['loss']:.3f}, "
+                          f"top-1 {last['top1_smallest']:.2f} / {last['top1_largest']:.2f} "
+                          f"({time.perf_counter() - started:.0f} s)", flush=True)
+            if epoch == args.table1_epochs:
+                snapshot(paths[name], out)
     return paths
+
+
+def epochs_for(name: str, args: argparse.Namespace) -> int:
+    return args.table1_epochs if name == "us-uniform-avg" else args.epochs
+
+
+def snapshot(checkpoint: Path, out: Path) -> None:
+    """Keep the checkpoint as it is after the Table 1 epoch (once)."""
+    copy = out / f"epoch{epochs_logged(checkpoint)}" / checkpoint.name
+    if not copy.exists():
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(checkpoint, copy)
+        shutil.copyfile(checkpoint.with_name(checkpoint.stem + "-log.csv"),
+                        copy.with_name(copy.stem + "-log.csv"))
 
 
 def epochs_logged(checkpoint: Path) -> int:
@@ -103,20 +129,22 @@ def ship(trained: dict[str, Path], folder: Path) -> dict[str, Path]:
     return shipped
 
 
-def precision_check(trained: Path, out: Path, data: str, settings: SweepSettings) -> pd.DataFrame:
+def precision_check(trained: Path, shipped_rows: pd.DataFrame, out: Path, data: str,
+                    settings: SweepSettings) -> pd.DataFrame:
     """Top-1 of the float32 training checkpoint against the shipped float16
     copy (Table 1's widths, same calibration images): what shipping costs."""
     full = sweep(trained, data, TABLE1_WIDTHS, out / "precision-float32.csv", settings)
-    half = pd.read_csv(out / "table1-us-uniform.csv", dtype={"width": str})
+    half = shipped_rows.assign(width=shipped_rows["width"].astype(float)).set_index("width")
     check = pd.DataFrame({"width": full["width"], "top1_float32": full["top1"].values,
-                          "top1_float16": half.set_index("width").loc[full["width"], "top1"].values})
+                          "top1_float16": half.loc[full["width"].astype(float), "top1"].values})
     check["difference"] = (check["top1_float16"] - check["top1_float32"]).round(2)
     write_table(check, out / "precision-check.csv")
     return check
 
 
 def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings) -> pd.DataFrame:
-    """Top-1 error of the uniform US-Net without and with output averaging."""
+    """Top-1 error of the uniform US-Net without and with output averaging,
+    both after the same number of epochs."""
     frames = {name: sweep(paths[name], data, TABLE1_WIDTHS, out / f"table1-{name}.csv", settings)
               for name in ("us-uniform", "us-uniform-avg")}
     plain, averaged = (frames[n].set_index("width") for n in ("us-uniform", "us-uniform-avg"))
@@ -137,6 +165,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.path.relpath(ROOT.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--out", default=os.path.relpath(ROOT / "examples" / "results" / "cifar10"))
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--table1-epochs", type=int, default=4,
+                        help="epochs of us-uniform-avg; Table 1 compares both US-Nets there")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
@@ -161,16 +191,25 @@ def main() -> None:
         return
     # the figures come from the shipped float16 checkpoints (float32 once loaded),
     # so `usspectrum sweep` on a shipped model reproduces its rows exactly
-    paths = ship(trained, out / "models")
+    n = args.table1_epochs
+    final = {name: path for name, path in trained.items() if name != "us-uniform-avg"}
+    paths = ship(final, out / "models")
+    # Table 1's pair, both after n epochs
+    pair = ship({"us-uniform": out / f"epoch{n}" / "us-uniform.pt",
+                 "us-uniform-avg": trained["us-uniform-avg"]}, out / "models" / f"epoch{n}")
+    # every width of every model calibrated on the same 2,000 training images
     settings = SweepSettings(calib_images=args.calib_images, eval_images=args.eval_images,
-                             device=args.device, progress=not args.quiet)
+                             calibration="always", device=args.device, progress=not args.quiet)
     t0 = time.perf_counter()
-    figure2 = compare([paths[n] for n in ("us-uniform", "s-net-4switch", "individual")],
+    figure2 = compare([paths[m] for m in ("us-uniform", "s-net-4switch", "individual")],
                       args.data, args.widths, out, settings)
     figure1 = slim_stage(paths["us-nonuniform"], args.data, [1, 2, 3, 4, 5], 0.6,
                          args.stage_widths, out / "slim-stage.csv", settings)
-    errors = table1(paths, args.data, out, settings)
-    precision = precision_check(trained["us-uniform"], out, args.data, settings)
+    errors = table1(pair, args.data, out, settings)
+    compare([out / f"epoch{n}" / f"{m}.pt" for m in ("us-uniform", "s-net-4switch", "individual")],
+            args.data, TABLE1_WIDTHS, out / f"epoch{n}", settings, plot=False)
+    shipped_us = figure2[figure2["model"] == "us-uniform"]
+    precision = precision_check(trained["us-uniform"], shipped_us, out, args.data, settings)
     print(f"sweeps took {time.perf_counter() - t0:.0f} s")
     print(precision.to_string(index=False))
     print(figure2.pivot(index="width", columns="model", values="top1").to_string())
