@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +112,30 @@ def claims(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def learning_curve(out: Path) -> pd.DataFrame:
-    logs = {name: pd.read_csv(out / f"{name}-log.csv").set_index("epoch")
-            for name in ("us-uniform", "s-net-4switch", "individual", "us-uniform-avg",
-                         "us-nonuniform") if (out / f"{name}-log.csv").exists()}
+LOG_LINE = re.compile(r"epoch (\d+)/\d+ (\S+): loss ([\d.]+), top-1 ([\d.]+) / ([\d.]+) \((\d+) s\)")
+
+
+def read_run_log(path: Path) -> pd.DataFrame:
+    """The per-epoch lines ``reproduce_cifar10.py`` prints, as a table (model,
+    epoch, loss, top1_smallest, top1_largest, seconds). A resumed run prints
+    the last finished epoch again (in ~0 s): the first line of each is kept."""
+    rows = [dict(zip(("epoch", "model", "loss", "top1_smallest", "top1_largest", "seconds"),
+                     m.groups()))
+            for m in map(LOG_LINE.search, path.read_text().splitlines()) if m]
+    df = pd.DataFrame(rows).drop_duplicates(["model", "epoch"], keep="first")
+    return df.astype({"epoch": int, "loss": float, "top1_smallest": float,
+                      "top1_largest": float, "seconds": int})
+
+
+def learning_curve(out: Path, from_run_log: bool = False) -> pd.DataFrame:
+    names = ("us-uniform", "s-net-4switch", "individual", "us-uniform-avg", "us-nonuniform")
+    if from_run_log:
+        run = read_run_log(out / "reproduce.log")
+        logs = {name: run[run.model == name].set_index("epoch") for name in names
+                if (run.model == name).any()}
+    else:
+        logs = {name: pd.read_csv(out / f"{name}-log.csv").set_index("epoch")
+                for name in names if (out / f"{name}-log.csv").exists()}
     # us-uniform-avg may stop early (Table 1's epochs): its later cells stay empty
     epochs = sorted(set.union(*(set(log.index) for log in logs.values())))
     rows = []
@@ -133,8 +154,18 @@ def learning_curve(out: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.relpath(ROOT / "examples" / "results" / "cifar10"))
+    parser.add_argument("--earlier-run", default=None,
+                        help="also write DIR/learning-curve.csv from DIR/reproduce.log "
+                             "(a run whose checkpoints are gone)")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.earlier_run:
+        earlier = Path(args.earlier_run)
+        curve = learning_curve(earlier, from_run_log=True)
+        curve.to_csv(earlier / "learning-curve.csv", index=False)
+        print(curve.to_string(index=False), end="\n\n")
+        seconds = read_run_log(earlier / "reproduce.log").groupby("model")["seconds"].sum()
+        print(seconds.to_string(), end="\n\n")
     table = claims(out)
     table.to_csv(out / "claims.csv", index=False)
     curve = learning_curve(out)

@@ -9,8 +9,8 @@ MobileNet v1s (CIFAR stem, 32x32) on the whole 50,000-image training split:
 * ``individual``      plain net at 1.0, sliced below it (Figure 2)
 * ``us-uniform-avg``  uniform US-Net with output averaging (Table 1)
 
-``us-uniform-avg`` trains ``--table1-epochs`` epochs (default 4, half the
-run) and Table 1 compares it with the uniform US-Net's snapshot at the same
+``us-uniform-avg`` trains ``--table1-epochs`` epochs (default 2 of the
+run's 3) and Table 1 compares it with the uniform US-Net's snapshot at the same
 epoch, so both columns of Table 1 have the same training. Every model is
 snapshotted at that epoch (OUT/epoch<N>/<name>.pt), and the US-Net, S-Net and
 individual snapshots are also evaluated at the four switches: a spectrum
@@ -164,8 +164,8 @@ def main() -> None:
     # relative defaults: the CSVs record checkpoint paths as given, portable across machines
     parser.add_argument("--data", default=os.path.relpath(ROOT.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--out", default=os.path.relpath(ROOT / "examples" / "results" / "cifar10"))
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--table1-epochs", type=int, default=4,
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--table1-epochs", type=int, default=2,
                         help="epochs of us-uniform-avg; Table 1 compares both US-Nets there")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
