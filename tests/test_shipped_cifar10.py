@@ -9,7 +9,7 @@ import torch
 from usspectrum import SweepSettings, sweep
 from usspectrum.checkpoint import load_checkpoint
 
-from .conftest import require_cifar
+from conftest import require_cifar
 
 RESULTS = Path(__file__).resolve().parents[1] / "examples" / "results" / "cifar10"
 MODELS = RESULTS / "models"
@@ -24,7 +24,7 @@ def test_shipped_model_loads_as_float32(name):
     path = MODELS / f"{name}.pt"
     assert path.exists(), f"{path} is missing: the reproduction ships it"
     model = load_checkpoint(path)
-    assert model.meta["kind"] == SHIPPED[name]
+    assert model.kind == SHIPPED[name]
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {b.dtype for b in model.buffers() if b.is_floating_point()} == {torch.float32}
     # stored in half precision: what keeps the repository small
