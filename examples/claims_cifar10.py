@@ -127,10 +127,11 @@ def read_run_log(path: Path) -> pd.DataFrame:
                       "top1_largest": float, "seconds": int})
 
 
-def learning_curve(out: Path, from_run_log: bool = False) -> pd.DataFrame:
+def learning_curve(out: Path, run: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per epoch, the claims' gaps: from the per-model logs in ``out``, or from
+    ``run`` (``read_run_log``'s table) for a run whose logs are incomplete."""
     names = ("us-uniform", "s-net-4switch", "individual", "us-uniform-avg", "us-nonuniform")
-    if from_run_log:
-        run = read_run_log(out / "reproduce.log")
+    if run is not None:
         logs = {name: run[run.model == name].set_index("epoch") for name in names
                 if (run.model == name).any()}
     else:
@@ -161,10 +162,11 @@ def main() -> None:
     out = Path(args.out)
     if args.earlier_run:
         earlier = Path(args.earlier_run)
-        curve = learning_curve(earlier, from_run_log=True)
+        run = read_run_log(earlier / "reproduce.log")
+        curve = learning_curve(earlier, run)
         curve.to_csv(earlier / "learning-curve.csv", index=False)
         print(curve.to_string(index=False), end="\n\n")
-        seconds = read_run_log(earlier / "reproduce.log").groupby("model")["seconds"].sum()
+        seconds = run.groupby("model")["seconds"].sum()
         print(seconds.to_string(), end="\n\n")
     table = claims(out)
     table.to_csv(out / "claims.csv", index=False)
