@@ -92,6 +92,32 @@ def test_same_seed_gives_identical_statistics(tmp_path):
             assert torch.equal(a[key][name][1], b[key][name][1])
 
 
+def test_calibration_images_are_augmented_reproducibly_or_plain_on_request(tmp_path):
+    from usspectrum.data import ImageSpec, calibration_images, eval_transform, open_split
+    from usspectrum.errors import UsageError
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    spec = ImageSpec.for_size(32)
+    first = calibration_images(data, spec, 8, seed=5)
+    again = calibration_images(data, spec, 8, seed=5)
+    plain = calibration_images(data, spec, 8, seed=5, augment="none")
+    other_seed = calibration_images(data, spec, 8, seed=6)
+    assert len(first) == len(plain) == 8
+    images = [first[i][0] for i in range(8)]
+    assert all(torch.equal(a, again[i][0]) for i, a in enumerate(images))
+    assert all(a.shape == plain[i][0].shape == (3, 32, 32) for i, a in enumerate(images))
+    # the padded random crops move the pixels: not every image can match its plain copy
+    assert sum(not torch.equal(a, plain[i][0]) for i, a in enumerate(images)) >= 4
+    # the plain images are exactly what evaluation sees
+    reference = open_split(data, "train", eval_transform(spec))
+    assert torch.equal(plain[0][0], reference[plain.indices[0]][0])
+    assert {other_seed.dataset.indices[i] for i in range(8)} != \
+        {first.dataset.indices[i] for i in range(8)} or \
+        any(not torch.equal(a, other_seed[i][0]) for i, a in enumerate(images))
+    with pytest.raises(UsageError, match="--calib-augment"):
+        calibration_images(data, spec, 8, seed=5, augment="flip")
+
+
 def test_dense_calibration_is_as_accurate_as_the_sliced_path():
     # inputs far from zero mean: float32 sums that add one element after
     # another lose digits here (PyTorch's channels-last BN kernel is off by

@@ -58,6 +58,28 @@ def test_shipped_model_reproduces_its_committed_row(tmp_path, csv, model, checkp
     assert len(ours) == 1
     assert int(ours["eval_images"].iloc[0]) == int(committed["eval_images"]) == 10000
     assert int(ours["calib_images"].iloc[0]) == int(committed["calib_images"]) == 2000
+    assert ours["calib_augment"].iloc[0] == committed["calib_augment"] == "train"
     # top-1 is rounded to 0.01 points = one image of 10,000: equal means to the image
     assert ours["top1"].iloc[0] == pytest.approx(committed["top1"], abs=1e-9)
     assert ours["mflops"].iloc[0] == pytest.approx(committed["mflops"], abs=1e-3)
+
+
+def test_augmented_calibration_reproduces_the_training_statistics():
+    """The individual net's running statistics were tracked on augmented
+    images (padded crops), so calibrating on augmented images must land
+    nearer to them than calibrating on plain ones, first layer above all."""
+    from usspectrum.calibration import calibrate, get_bn_stats
+    from usspectrum.data import calibration_images, make_loader
+
+    data = require_cifar()
+    model = load_checkpoint(MODELS / "individual.pt")
+    first = dict(model.named_modules())["features.0.1"]
+    running_var = first.running_var.clone()
+    spec = model.meta["image"]
+    gaps = {}
+    for augment in ("train", "none"):
+        images = calibration_images(data, spec, 400, seed=0, augment=augment)
+        calibrate(model, make_loader(images, 200, 0), [1.0])
+        _, var = get_bn_stats(model, ["1.0"])["1.0"]["features.0.1"]
+        gaps[augment] = (var / running_var).log().abs().mean().item()
+    assert gaps["train"] < 0.5 * gaps["none"], gaps

@@ -97,6 +97,23 @@ def test_existing_csv_of_another_checkpoint_is_refused(setup):
     assert (tmp / "s.csv").read_text() == before
 
 
+def test_csv_calibrated_with_another_augmentation_is_refused(setup):
+    tmp, data, ckpt = setup
+    usspectrum.sweep(ckpt, data, "0.5", tmp / "s.csv", calib_augment="none", **FAST)
+    on_disk = pd.read_csv(tmp / "s.csv")
+    assert list(on_disk.calib_augment) == ["none"]
+    before = (tmp / "s.csv").read_text()
+    with pytest.raises(USSpectrumError, match="--calib-augment none"):
+        usspectrum.sweep(ckpt, data, "0.5,1.0", tmp / "s.csv", **FAST)
+    assert (tmp / "s.csv").read_text() == before
+    # a CSV from before the column existed was calibrated on plain images
+    on_disk.drop(columns="calib_augment").to_csv(tmp / "old.csv", index=False)
+    with pytest.raises(USSpectrumError, match="--calib-augment none"):
+        usspectrum.sweep(ckpt, data, "0.5,1.0", tmp / "old.csv", **FAST)
+    df = usspectrum.sweep(ckpt, data, "0.5,1.0", tmp / "old.csv", calib_augment="none", **FAST)
+    assert list(df.width) == ["0.5", "1.0"]
+
+
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 

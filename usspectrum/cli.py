@@ -25,6 +25,7 @@ from .plot import check_columns, plot_spectrum
 from .results import write_table
 from .greedy_search import GRANULARITIES, SearchSettings, budget_report
 from .greedy_search import search as run_search
+from .data import CALIB_AUGMENTS
 from .spectrum import CALIBRATION_MODES, SweepSettings, default_widths
 from .spectrum import sweep as run_sweep
 from .training import TrainConfig
@@ -184,6 +185,12 @@ SKIP_BAD_IMAGES = click.option(
          "each), warn with their paths and count them in the CSV/log.")
 
 
+CALIB_AUGMENT = click.option(
+    "--calib-augment", type=click.Choice(CALIB_AUGMENTS), default="train", show_default=True,
+    help="train: calibrate BN on training images with the training augmentation (as "
+         "training saw them); none: on plain images.")
+
+
 def sweep_options(fn):
     """Options shared by the commands that measure spectra."""
     options = [
@@ -194,6 +201,7 @@ def sweep_options(fn):
                           "[default: " + WIDTHS_DEFAULT_HELP + "]."),
         click.option("--calib-images", type=int, default=2000, show_default=True,
                      help="Training images for BN calibration (seeded subset)."),
+        CALIB_AUGMENT,
         click.option("--eval-images", type=int, default=None,
                      help="Cap the evaluation set (seeded subset) for quick looks."),
         click.option("--batch-size", type=int, default=200, show_default=True),
@@ -224,7 +232,8 @@ def sweep_options(fn):
 
 def settings_from(kw: dict) -> SweepSettings:
     return SweepSettings(
-        calib_images=kw.pop("calib_images"), eval_images=kw.pop("eval_images"),
+        calib_images=kw.pop("calib_images"), calib_augment=kw.pop("calib_augment"),
+        eval_images=kw.pop("eval_images"),
         batch_size=kw.pop("batch_size"), seed=kw.pop("seed"), workers=kw.pop("workers"),
         widths_per_pass=kw.pop("widths_per_pass"), calibration=kw.pop("calibration"),
         allow_extrapolate=kw.pop("allow_extrapolate"), device=check_device(kw.pop("device")),
@@ -288,6 +297,7 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
               help="[default: " + WIDTHS_DEFAULT_HELP + "].")
 @click.option("-o", "--out", required=True, help="Checkpoint to write, with the statistics.")
 @click.option("--calib-images", type=int, default=2000, show_default=True)
+@CALIB_AUGMENT
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=200, show_default=True)
 @click.option("--workers", type=int, default=None)
@@ -296,7 +306,7 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
 @SKIP_BAD_IMAGES
 @click.option("--quiet", is_flag=True)
 def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_images: int,
-                  seed: int, batch_size: int, workers: int | None, allow_extrapolate: bool,
+                  calib_augment: str, seed: int, batch_size: int, workers: int | None, allow_extrapolate: bool,
                   device: str, skip_bad_images: bool, quiet: bool) -> None:
     """Store calibrated BN statistics per width in a new checkpoint, so later
     sweeps at those widths skip calibration.
@@ -307,7 +317,7 @@ def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_image
       usspectrum calibrate released.pt --data /imagenet --widths 0.3,0.45 -o cal.pt
     """
     keys = calibrate_checkpoint(checkpoint, data, widths, out, calib_images=calib_images,
-                                seed=seed, batch_size=batch_size, workers=workers,
+                                calib_augment=calib_augment, seed=seed, batch_size=batch_size, workers=workers,
                                 device=check_device(device),
                                 allow_extrapolate=allow_extrapolate, progress=not quiet,
                                 skip_bad_images=skip_bad_images)
@@ -518,10 +528,11 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
 @click.option("--data", default=None, type=click.Path(),
               help="Calibrate BN at this width on DATA's train split first (if not stored).")
 @click.option("--calib-images", type=int, default=2000, show_default=True)
+@CALIB_AUGMENT
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-extrapolate", is_flag=True, help="Allow a width outside the trained range.")
 def export_cmd(checkpoint: str, width: str, out: str, fmt: str, data: str | None,
-               calib_images: int, seed: int, allow_extrapolate: bool) -> None:
+               calib_images: int, calib_augment: str, seed: int, allow_extrapolate: bool) -> None:
     """Write one width of CHECKPOINT as a standalone dense network (BN
     folded into the convs) that loads without usspectrum installed.
 
@@ -533,8 +544,9 @@ def export_cmd(checkpoint: str, width: str, out: str, fmt: str, data: str | None
     """
     from .export import export_width, prepare_width
 
-    model, warning = prepare_width(checkpoint, width, data, calib_images=calib_images, seed=seed,
-                                allow_extrapolate=allow_extrapolate)
+    model, warning = prepare_width(checkpoint, width, data, calib_images=calib_images,
+                                   calib_augment=calib_augment, seed=seed,
+                                   allow_extrapolate=allow_extrapolate)
     if warning:
         note(f"Warning: {warning}")
     if fmt == "auto":
@@ -586,6 +598,7 @@ def parse_budgets(text: str | None, what: str) -> list[float]:
               help="Held-out training images that rank the candidates.")
 @click.option("--calib-images", type=int, default=1000, show_default=True,
               help="Other training images for each candidate's BN calibration.")
+@CALIB_AUGMENT
 @click.option("--eval-images", type=int, default=None,
               help="Cap the validation images of the report.")
 @click.option("--report-calib-images", type=int, default=2000, show_default=True,
@@ -600,8 +613,8 @@ def parse_budgets(text: str | None, what: str) -> list[float]:
 @click.option("--no-report", is_flag=True, help="Only the greedy path, no validation report.")
 @click.option("--quiet", is_flag=True)
 def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_flop,
-               search_images, calib_images, eval_images, report_calib_images, stage_csv, out,
-               batch_size, seed, workers, no_report, quiet) -> None:
+               search_images, calib_images, calib_augment, eval_images, report_calib_images,
+               stage_csv, out, batch_size, seed, workers, no_report, quiet) -> None:
     """Greedy slimming (AutoSlim-style) of a trained US-Net: from the largest
     width, repeatedly slim the group whose slimming costs the least top-1 on
     held-out training images, one row per step; then report the config
@@ -620,7 +633,7 @@ def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_
     out = out or default_out(checkpoint, "search")
     settings = SearchSettings(granularity=granularity, step=step, per_flop=per_flop,
                               search_images=search_images, calib_images=calib_images,
-                              batch_size=batch_size, seed=seed, workers=workers,
+                              calib_augment=calib_augment, batch_size=batch_size, seed=seed, workers=workers,
                               progress=not quiet)
     try:
         path = run_search(checkpoint, data, out, settings,
@@ -632,8 +645,8 @@ def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_
     note(f"path: {out} ({len(path)} rows)")
     if no_report or not (budgets or latency_budgets):
         return
-    sweep_settings = SweepSettings(calib_images=report_calib_images, eval_images=eval_images,
-                                   batch_size=batch_size, seed=seed, workers=workers,
+    sweep_settings = SweepSettings(calib_images=report_calib_images, calib_augment=calib_augment,
+                                   eval_images=eval_images, batch_size=batch_size, seed=seed, workers=workers,
                                    progress=not quiet)
     table = budget_report(checkpoint, data, path, budgets, Path(out).parent,
                           latency_budgets=latency_budgets, stage_csv=stage_csv,

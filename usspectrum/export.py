@@ -69,15 +69,16 @@ def export_width(model: nn.Module, width: WidthLike, out: str | os.PathLike,
 
 
 def prepare_width(checkpoint: str | os.PathLike, width: WidthLike, data: str | os.PathLike | None,
-                  *, calib_images: int = 2000, seed: int = 0, batch_size: int = 200,
-                  workers: int | None = None, allow_extrapolate: bool = False
+                  *, calib_images: int = 2000, calib_augment: str = "train", seed: int = 0,
+                  batch_size: int = 200, workers: int | None = None,
+                  allow_extrapolate: bool = False
                   ) -> tuple[nn.Module, str | None]:
     """Load ``checkpoint`` ready to export ``width``: with its BN statistics
     calibrated on ``data`` when it has none stored for that width. Returns
     the model and a warning (or None) about the statistics it will use."""
     from .calibration import calibrate, is_calibrated
     from .checkpoint import load_checkpoint
-    from .data import check_classes, eval_transform, make_loader, open_split, seeded_subset
+    from .data import calibration_images, make_loader
     from .spectrum import resolve_widths
 
     model = load_checkpoint(checkpoint)
@@ -90,8 +91,7 @@ def prepare_width(checkpoint: str | os.PathLike, width: WidthLike, data: str | o
         return model, (f"width {config} has no calibrated BN statistics in {checkpoint}; the "
                        "export uses the training-time running statistics. Pass --data to "
                        "calibrate it first")
-    train = open_split(data, "train", eval_transform(model.meta["image"]))
-    check_classes(train, model.meta.get("class_names"), f"{data}/train")
-    subset = seeded_subset(train, calib_images, seed, "--calib-images")
+    subset = calibration_images(data, model.meta["image"], calib_images, seed, calib_augment,
+                                model.meta.get("class_names"))
     calibrate(model, make_loader(subset, batch_size, workers), [config])
     return model, None

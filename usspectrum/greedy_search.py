@@ -9,7 +9,8 @@ over in-memory batches; keep the candidate that loses the least top-1 and
 go on until every group is at the model's smallest trained width.
 
 Images: the search subset and the calibration images are disjoint, seeded
-draws from ``train/``; ``val/`` is never used to choose, only to report the
+draws from ``train/`` (the calibration images augmented as in training, see
+:func:`usspectrum.data.calibration_images`); ``val/`` is never used to choose, only to report the
 chosen configs (:func:`resolve_budgets`).
 
 Tie-break: the smallest loss of search top-1; among equal losses the
@@ -34,7 +35,8 @@ from tqdm.auto import tqdm
 from .allocator import keep_freed_memory
 from .calibration import DenseCalibrator
 from .checkpoint import load_checkpoint
-from .data import check_classes, eval_transform, make_loader, open_split
+from .data import (CALIB_AUGMENTS, calibration_images, check_classes, eval_transform,
+                   make_loader, open_split)
 from .dense import to_dense
 from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate_nets
@@ -46,7 +48,7 @@ from .width import WidthConfig, format_ratio, parse_width_list
 GRANULARITIES = ("stage", "layer")
 COLUMNS = ["step", "group", "config", "mflops", "params_m", "top1", "loss", "candidates",
            "seconds", "granularity", "step_ratio", "per_flop", "search_images",
-           "calib_images", "seed", "fingerprint"]
+           "calib_images", "calib_augment", "seed", "fingerprint"]
 _TOL = 1e-6
 
 
@@ -59,6 +61,7 @@ class SearchSettings:
     per_flop: bool = False
     search_images: int = 2000
     calib_images: int = 1000
+    calib_augment: str = "train"
     batch_size: int = 200
     seed: int = 0
     workers: int | None = None
@@ -68,6 +71,9 @@ class SearchSettings:
         if self.granularity not in GRANULARITIES:
             raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, "
                              f"got {self.granularity!r}")
+        if self.calib_augment not in CALIB_AUGMENTS:
+            raise UsageError(f"--calib-augment must be one of {', '.join(CALIB_AUGMENTS)}, "
+                             f"got {self.calib_augment!r}")
         if not 0 < self.step < 1:
             raise UsageError(f"--step must be a ratio in (0, 1), such as 0.05; got {self.step}")
         for name in ("search_images", "calib_images", "batch_size"):
@@ -117,11 +123,10 @@ def _config(ratios: Sequence[float]) -> WidthConfig:
 
 
 class _InMemory:
-    """A subset of ``train/`` decoded once, as evaluation-ready batches."""
+    """Images decoded (and augmented) once, as ready batches."""
 
-    def __init__(self, dataset, indices: list[int], batch_size: int, workers, what: str,
-                 progress: bool) -> None:
-        loader = make_loader(Subset(dataset, indices), batch_size, workers)
+    def __init__(self, dataset, batch_size: int, workers, what: str, progress: bool) -> None:
+        loader = make_loader(dataset, batch_size, workers)
         self.batches = [(x, y) for x, y in tqdm(loader, desc=f"load {what}", unit="batch",
                                                  disable=not progress, leave=False)]
 
@@ -166,11 +171,12 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     done = writer.existing()
     fixed = {"granularity": settings.granularity, "step_ratio": settings.step,
              "per_flop": settings.per_flop, "search_images": settings.search_images,
-             "calib_images": settings.calib_images, "seed": settings.seed,
+             "calib_images": settings.calib_images, "calib_augment": settings.calib_augment,
+             "seed": settings.seed,
              "fingerprint": fingerprint}
     if len(done):
         first = done.iloc[0]
-        differ = [k for k, v in fixed.items() if str(first[k]) != str(v)]
+        differ = [k for k, v in fixed.items() if str(first.get(k)) != str(v)]
         if differ:
             raise USSpectrumError(f"{out} holds a search with other settings or another "
                                   f"checkpoint ({', '.join(differ)}); choose another -o or "
@@ -186,13 +192,16 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         if _finished(model, ratios, groups, settings, lo, budgets, float(last["mflops"])):
             return writer.existing()
 
+    classes = model.meta.get("class_names")
     train = open_split(data, "train", eval_transform(spec))
-    check_classes(train, model.meta.get("class_names"), f"{data}/train")
+    check_classes(train, classes, f"{data}/train")
     calib_idx, search_idx = held_out_indices(len(train), settings.calib_images,
                                              settings.search_images, settings.seed)
-    calib = _InMemory(train, calib_idx, settings.batch_size, settings.workers,
-                      "calibration images", settings.progress)
-    held = _InMemory(train, search_idx, settings.batch_size, settings.workers,
+    calib = _InMemory(calibration_images(data, spec, None, settings.seed, settings.calib_augment,
+                                         classes, calib_idx),
+                      settings.batch_size, settings.workers, "calibration images",
+                      settings.progress)
+    held = _InMemory(Subset(train, search_idx), settings.batch_size, settings.workers,
                      "search images", settings.progress)
 
     def measure(configs: list[WidthConfig]) -> dict[str, float]:

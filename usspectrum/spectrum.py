@@ -26,8 +26,8 @@ from .allocator import keep_freed_memory
 from .calibration import (Calibrator, DenseCalibrator, average_across_processes, get_bn_stats,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
-from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset,
-                   warn_skipped, without_bad_images)
+from .data import (CALIB_AUGMENTS, calibration_images, check_classes, eval_transform,
+                   make_loader, open_split, seeded_subset, warn_skipped, without_bad_images)
 from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
@@ -40,7 +40,7 @@ from .results import RowWriter
 from .width import WidthConfig, WidthLike, format_ratio, parse_width_list
 
 COLUMNS = ["model", "arch", "kind", "width", "mflops", "params_m", "top1", "top5",
-           "calib_images", "eval_images", "bn", "seconds", "load_seconds", "calib_seconds",
+           "calib_images", "calib_augment", "eval_images", "bn", "seconds", "load_seconds", "calib_seconds",
            "eval_seconds", "latency_ms", "throughput", "image_size", "seed", "skipped_images",
            "checkpoint", "fingerprint"]
 CALIBRATION_MODES = ("auto", "always", "never")
@@ -51,6 +51,8 @@ _TOL = 1e-9
 class SweepSettings:
     """How a spectrum is measured.
 
+    ``calib_augment``: ``train`` calibrates on augmented training images
+    (see :func:`usspectrum.data.calibration_images`), ``none`` on plain ones.
     ``calibration``: ``auto`` calibrates widths without stored statistics,
     ``always`` recalibrates every width, ``never`` uses what the model has
     (stored statistics, else the training-time running statistics).
@@ -61,6 +63,7 @@ class SweepSettings:
     of an unfinished pass."""
 
     calib_images: int = 2000
+    calib_augment: str = "train"
     eval_images: int | None = None
     batch_size: int = 200
     seed: int = 0
@@ -76,6 +79,9 @@ class SweepSettings:
     skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
+        if self.calib_augment not in CALIB_AUGMENTS:
+            raise UsageError(f"calib_augment must be one of {CALIB_AUGMENTS}, "
+                             f"got {self.calib_augment!r}")
         if self.calibration not in CALIBRATION_MODES:
             raise UsageError(f"calibration must be one of {CALIBRATION_MODES}, got {self.calibration!r}")
         if self.batch_size < 1:
@@ -169,9 +175,8 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
             settings.calibration == "auto" and not all(is_calibrated(model, c) for c in todo))
         calib = None
         if needs_calibration:
-            train = open_split(data, "train", transform)
-            check_classes(train, meta.get("class_names"), f"{data}/train")
-            calib = seeded_subset(train, settings.calib_images, settings.seed, "--calib-images")
+            calib = calibration_images(data, spec, settings.calib_images, settings.seed,
+                                       settings.calib_augment, meta.get("class_names"))
             if settings.skip_bad_images:
                 calib, bad = without_bad_images(calib, "calibration images",
                                                 settings.progress and ctx.is_main)
@@ -213,7 +218,8 @@ def _signature(chunk, settings: SweepSettings, meta: dict, calib, val) -> dict:
     return {"widths": [str(c) for c in chunk], "fingerprint": meta.get("fingerprint", ""),
             "seed": settings.seed, "batch_size": settings.batch_size,
             "calibration": settings.calibration, "dense": settings.dense,
-            "calib_images": len(calib) if calib is not None else 0, "eval_images": len(val)}
+            "calib_images": len(calib) if calib is not None else 0, "eval_images": len(val),
+            "calib_augment": settings.calib_augment}
 
 
 def _run_pass(model, chunk, calib, val, settings, counter, bar, partial,
@@ -323,6 +329,7 @@ def _row(model, config, net, counter, state: PassState, source, settings, width_
     row = {"width": key, "mflops": round(cost.mflops, 3), "params_m": round(cost.params_m, 4),
            "top1": round(acc.top1, 3), "top5": round(acc.top5, 3),
            "calib_images": state.calib_images if source[key] == "calibrated" else 0,
+           "calib_augment": settings.calib_augment if source[key] == "calibrated" else "",
            "bn": source[key], "seconds": round(load_s + calib_s + eval_s, 3),
            "load_seconds": round(load_s, 3), "calib_seconds": round(calib_s, 3),
            "eval_seconds": round(eval_s, 3)}
@@ -367,6 +374,14 @@ def _resumable_rows(writer: RowWriter, meta: dict, settings: SweepSettings) -> p
     if "seed" in done.columns and set(done["seed"]) != {settings.seed}:
         raise USSpectrumError(f"{writer.path} was measured with another --seed; rerun with "
                               "the same settings or choose another output")
+    calibrated = done[done["bn"].astype(str) == "calibrated"] if "bn" in done.columns else done
+    if len(calibrated):
+        # rows from before the column existed were calibrated on plain images
+        used = set(calibrated.get("calib_augment", pd.Series(dtype=object)).fillna("none")
+                   .astype(str)) or {"none"}
+        if used != {settings.calib_augment}:
+            raise USSpectrumError(f"{writer.path} was calibrated with --calib-augment "
+                                  f"{sorted(used)[0]}; rerun with it or choose another output")
     if settings.eval_images is not None and "eval_images" in done.columns \
             and set(done["eval_images"]) != {settings.eval_images}:
         raise USSpectrumError(f"{writer.path} was measured on {sorted(set(done['eval_images']))} "

@@ -11,15 +11,15 @@ from tqdm.auto import tqdm
 
 from .calibration import DenseCalibrator, average_across_processes
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import (check_classes, eval_transform, make_loader, open_split, seeded_subset,
-                   warn_skipped, without_bad_images)
+from .data import calibration_images, make_loader, warn_skipped, without_bad_images
 from .distributed import BatchShard, context, on_main
 from .results import ensure_writable
 from .spectrum import resolve_widths
 
 
 def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
-                         calib_images: int = 2000, seed: int = 0, batch_size: int = 200,
+                         calib_images: int = 2000, calib_augment: str = "train", seed: int = 0,
+                         batch_size: int = 200,
                          workers: int | None = None, device: str = "cpu",
                          allow_extrapolate: bool = False, progress: bool = True,
                          skip_bad_images: bool = False) -> list[str]:
@@ -29,9 +29,8 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     on_main(lambda: ensure_writable(out), ctx)
     model = load_checkpoint(checkpoint, device=device)
     configs = resolve_widths(model, widths, allow_extrapolate)
-    train = open_split(data, "train", eval_transform(model.meta["image"]))
-    check_classes(train, model.meta.get("class_names"), f"{data}/train")
-    subset = seeded_subset(train, calib_images, seed, "--calib-images")
+    subset = calibration_images(data, model.meta["image"], calib_images, seed, calib_augment,
+                                model.meta.get("class_names"))
     skipped: list[str] = []
     if skip_bad_images:
         subset, skipped = without_bad_images(subset, "calibration images", progress and ctx.is_main)
@@ -49,7 +48,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
         average_across_processes(model, configs, cal.batches)
     if ctx.is_main:
         record = dict(model.meta.get("train", {}))
-        record["calibration"] = {"images": len(subset), "seed": seed, "data": str(data),
+        record["calibration"] = {"images": len(subset), "augment": calib_augment, "seed": seed, "data": str(data),
                                  "skipped_images": len(skipped)}
         save_checkpoint(model, out, train=record)
     return [str(c) for c in configs]

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from .allocator import keep_freed_memory
 from .calibration import calibrate, clear_bn_stats
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import (ImageSpec, SeededSamples, class_names, eval_transform, first_image_size,
-                   make_loader, open_split, seeded_subset, train_transform, warn_skipped,
-                   without_bad_images)
+from .data import (ImageSpec, SeededSamples, calibration_images, class_names, eval_transform,
+                   first_image_size, make_loader, open_split, seeded_subset, train_transform,
+                   warn_skipped, without_bad_images)
 from .distributed import (GlobalBatchShard, all_sum, barrier, check_world, context, local_device,
                           on_main)
 from .errors import USSpectrumError, UsageError
@@ -353,9 +353,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     if config.val_images is not None:
         val_set = seeded_subset(val_set, min(config.val_images, len(val_set)), config.seed,
                                 "--val-images")
-    calib_source = open_split(config.data, "train", eval_transform(spec))
-    calib_set = seeded_subset(calib_source, min(config.calib_images, len(calib_source)),
-                              config.seed + 1, "--calib-images")
+    calib_set = calibration_images(config.data, spec, min(config.calib_images, len(raw_train)),
+                                   config.seed + 1)
     skipped: list[str] = []
     if config.skip_bad_images:
         show = config.progress and ctx.is_main
