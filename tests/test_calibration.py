@@ -118,6 +118,23 @@ def test_calibration_images_are_augmented_reproducibly_or_plain_on_request(tmp_p
         calibration_images(data, spec, 8, seed=5, augment="flip")
 
 
+def test_calibration_flips_only_images_of_models_trained_with_flips(tmp_path):
+    from torchvision import transforms
+
+    from usspectrum.data import ImageSpec, calibration_images, trained_with_flips
+
+    assert trained_with_flips({}) is True  # the authors' release says nothing: ImageNet flips
+    assert trained_with_flips({"train": {"recipe": {"flip": False}}}) is False
+    data = make_image_folder(tmp_path / "data", per_class=2)
+
+    def steps(flip):
+        images = calibration_images(data, ImageSpec.for_size(32), 4, seed=0, flip=flip)
+        return [type(t) for t in images.dataset.dataset.transform.transforms]
+    assert transforms.RandomHorizontalFlip in steps(True)
+    assert transforms.RandomHorizontalFlip not in steps(False)
+    assert transforms.RandomCrop in steps(False)
+
+
 def test_dense_calibration_is_as_accurate_as_the_sliced_path():
     # inputs far from zero mean: float32 sums that add one element after
     # another lose digits here (PyTorch's channels-last BN kernel is off by

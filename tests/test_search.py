@@ -114,6 +114,12 @@ def test_search_is_deterministic_and_resumes(setup, monkeypatch):
     pd.testing.assert_frame_equal(resumed[cols], full[cols])
     with pytest.raises(usspectrum.USSpectrumError, match="other settings"):
         usspectrum.search(ckpt, data, tmp / "c.csv", TINY, step=0.1)
+    with pytest.raises(usspectrum.USSpectrumError, match="calib_augment"):
+        usspectrum.search(ckpt, data, tmp / "c.csv", TINY, calib_augment="none")
+    # a path from before calibration images were augmented is not resumed either
+    pd.read_csv(tmp / "c.csv").drop(columns="calib_augment").to_csv(tmp / "old.csv", index=False)
+    with pytest.raises(usspectrum.USSpectrumError, match="calib_augment"):
+        usspectrum.search(ckpt, data, tmp / "old.csv", TINY)
 
 
 def test_budgets_outside_the_model_are_clear_errors(setup):

@@ -377,7 +377,7 @@ CALIB_AUGMENTS = ("train", "none")
 
 def calibration_images(data: str | os.PathLike, spec: ImageSpec, count: int | None, seed: int,
                        augment: str = "train", expected_classes: Sequence[str] | None = None,
-                       indices: Sequence[int] | None = None) -> Dataset:
+                       indices: Sequence[int] | None = None, flip: bool = True) -> Dataset:
     """The training images BN statistics are calibrated on: ``count`` seeded
     draws from ``data``'s train split (or exactly ``indices``).
 
@@ -387,16 +387,23 @@ def calibration_images(data: str | os.PathLike, spec: ImageSpec, count: int | No
     padded crops of CIFAR add black borders; the authors calibrate on their
     training loader too), and statistics of plain images cost a CIFAR-10
     MobileNet v1 3-4 points of top-1. ``"none"``: the evaluation
-    preprocessing."""
+    preprocessing. ``flip=False`` for models trained without flips (see
+    :func:`trained_with_flips`)."""
     if augment not in CALIB_AUGMENTS:
         raise UsageError(f"--calib-augment must be one of {', '.join(CALIB_AUGMENTS)}, "
                          f"got {augment!r}")
-    train = open_split(data, "train", train_transform(spec) if augment == "train"
+    train = open_split(data, "train", train_transform(spec, flip) if augment == "train"
                        else eval_transform(spec))
     check_classes(train, expected_classes, f"{data}/train")
     subset = (Subset(train, list(indices)) if indices is not None
               else seeded_subset(train, count, seed, "--calib-images"))
     return SeededSamples(subset, seed) if augment == "train" else subset
+
+
+def trained_with_flips(meta: dict) -> bool:
+    """Whether a checkpoint's training recipe flipped images (True when it
+    does not say, as for the authors' release)."""
+    return bool(((meta.get("train") or {}).get("recipe") or {}).get("flip", True))
 
 
 def default_workers() -> int:

@@ -36,7 +36,7 @@ from .allocator import keep_freed_memory
 from .calibration import DenseCalibrator
 from .checkpoint import load_checkpoint
 from .data import (CALIB_AUGMENTS, calibration_images, check_classes, eval_transform,
-                   make_loader, open_split)
+                   make_loader, open_split, trained_with_flips)
 from .dense import to_dense
 from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate_nets
@@ -198,7 +198,7 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     calib_idx, search_idx = held_out_indices(len(train), settings.calib_images,
                                              settings.search_images, settings.seed)
     calib = _InMemory(calibration_images(data, spec, None, settings.seed, settings.calib_augment,
-                                         classes, calib_idx),
+                                         classes, calib_idx, trained_with_flips(model.meta)),
                       settings.batch_size, settings.workers, "calibration images",
                       settings.progress)
     held = _InMemory(Subset(train, search_idx), settings.batch_size, settings.workers,

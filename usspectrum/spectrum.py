@@ -27,7 +27,8 @@ from .calibration import (Calibrator, DenseCalibrator, average_across_processes,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
 from .data import (CALIB_AUGMENTS, calibration_images, check_classes, eval_transform,
-                   make_loader, open_split, seeded_subset, warn_skipped, without_bad_images)
+                   make_loader, open_split, seeded_subset, trained_with_flips, warn_skipped,
+                   without_bad_images)
 from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
 from .errors import UsageError, USSpectrumError
@@ -176,7 +177,8 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         calib = None
         if needs_calibration:
             calib = calibration_images(data, spec, settings.calib_images, settings.seed,
-                                       settings.calib_augment, meta.get("class_names"))
+                                       settings.calib_augment, meta.get("class_names"),
+                                       flip=trained_with_flips(meta))
             if settings.skip_bad_images:
                 calib, bad = without_bad_images(calib, "calibration images",
                                                 settings.progress and ctx.is_main)

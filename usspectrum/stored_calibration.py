@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from .calibration import DenseCalibrator, average_across_processes
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import calibration_images, make_loader, warn_skipped, without_bad_images
+from .data import (calibration_images, make_loader, trained_with_flips, warn_skipped,
+                   without_bad_images)
 from .distributed import BatchShard, context, on_main
 from .results import ensure_writable
 from .spectrum import resolve_widths
@@ -30,7 +31,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     model = load_checkpoint(checkpoint, device=device)
     configs = resolve_widths(model, widths, allow_extrapolate)
     subset = calibration_images(data, model.meta["image"], calib_images, seed, calib_augment,
-                                model.meta.get("class_names"))
+                                model.meta.get("class_names"), flip=trained_with_flips(model.meta))
     skipped: list[str] = []
     if skip_bad_images:
         subset, skipped = without_bad_images(subset, "calibration images", progress and ctx.is_main)

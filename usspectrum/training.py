@@ -354,7 +354,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         val_set = seeded_subset(val_set, min(config.val_images, len(val_set)), config.seed,
                                 "--val-images")
     calib_set = calibration_images(config.data, spec, min(config.calib_images, len(raw_train)),
-                                   config.seed + 1)
+                                   config.seed + 1, flip=config.flip)
     skipped: list[str] = []
     if config.skip_bad_images:
         show = config.progress and ctx.is_main
