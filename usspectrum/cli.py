@@ -306,8 +306,9 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
 @SKIP_BAD_IMAGES
 @click.option("--quiet", is_flag=True)
 def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_images: int,
-                  calib_augment: str, seed: int, batch_size: int, workers: int | None, allow_extrapolate: bool,
-                  device: str, skip_bad_images: bool, quiet: bool) -> None:
+                  calib_augment: str, seed: int, batch_size: int, workers: int | None,
+                  allow_extrapolate: bool, device: str, skip_bad_images: bool,
+                  quiet: bool) -> None:
     """Store calibrated BN statistics per width in a new checkpoint, so later
     sweeps at those widths skip calibration.
 
@@ -317,7 +318,8 @@ def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, calib_image
       usspectrum calibrate released.pt --data /imagenet --widths 0.3,0.45 -o cal.pt
     """
     keys = calibrate_checkpoint(checkpoint, data, widths, out, calib_images=calib_images,
-                                calib_augment=calib_augment, seed=seed, batch_size=batch_size, workers=workers,
+                                calib_augment=calib_augment, seed=seed, batch_size=batch_size,
+                                workers=workers,
                                 device=check_device(device),
                                 allow_extrapolate=allow_extrapolate, progress=not quiet,
                                 skip_bad_images=skip_bad_images)
@@ -633,8 +635,8 @@ def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_
     out = out or default_out(checkpoint, "search")
     settings = SearchSettings(granularity=granularity, step=step, per_flop=per_flop,
                               search_images=search_images, calib_images=calib_images,
-                              calib_augment=calib_augment, batch_size=batch_size, seed=seed, workers=workers,
-                              progress=not quiet)
+                              calib_augment=calib_augment, batch_size=batch_size, seed=seed,
+                              workers=workers, progress=not quiet)
     try:
         path = run_search(checkpoint, data, out, settings,
                           budgets=budgets if not latency_budgets else ())
@@ -646,8 +648,8 @@ def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_
     if no_report or not (budgets or latency_budgets):
         return
     sweep_settings = SweepSettings(calib_images=report_calib_images, calib_augment=calib_augment,
-                                   eval_images=eval_images, batch_size=batch_size, seed=seed, workers=workers,
-                                   progress=not quiet)
+                                   eval_images=eval_images, batch_size=batch_size, seed=seed,
+                                   workers=workers, progress=not quiet)
     table = budget_report(checkpoint, data, path, budgets, Path(out).parent,
                           latency_budgets=latency_budgets, stage_csv=stage_csv,
                           sweep_settings=sweep_settings)

@@ -41,9 +41,9 @@ from .results import RowWriter
 from .width import WidthConfig, WidthLike, format_ratio, parse_width_list
 
 COLUMNS = ["model", "arch", "kind", "width", "mflops", "params_m", "top1", "top5",
-           "calib_images", "calib_augment", "eval_images", "bn", "seconds", "load_seconds", "calib_seconds",
-           "eval_seconds", "latency_ms", "throughput", "image_size", "seed", "skipped_images",
-           "checkpoint", "fingerprint"]
+           "calib_images", "calib_augment", "eval_images", "bn", "seconds", "load_seconds",
+           "calib_seconds", "eval_seconds", "latency_ms", "throughput", "image_size", "seed",
+           "skipped_images", "checkpoint", "fingerprint"]
 CALIBRATION_MODES = ("auto", "always", "never")
 _TOL = 1e-9
 

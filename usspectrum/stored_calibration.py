@@ -49,7 +49,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
         average_across_processes(model, configs, cal.batches)
     if ctx.is_main:
         record = dict(model.meta.get("train", {}))
-        record["calibration"] = {"images": len(subset), "augment": calib_augment, "seed": seed, "data": str(data),
-                                 "skipped_images": len(skipped)}
+        record["calibration"] = {"images": len(subset), "augment": calib_augment, "seed": seed,
+                                 "data": str(data), "skipped_images": len(skipped)}
         save_checkpoint(model, out, train=record)
     return [str(c) for c in configs]
