@@ -389,15 +389,29 @@ def calibration_images(data: str | os.PathLike, spec: ImageSpec, count: int | No
     MobileNet v1 3-4 points of top-1. ``"none"``: the evaluation
     preprocessing. ``flip=False`` for models trained without flips (see
     :func:`trained_with_flips`)."""
-    if augment not in CALIB_AUGMENTS:
-        raise UsageError(f"--calib-augment must be one of {', '.join(CALIB_AUGMENTS)}, "
-                         f"got {augment!r}")
+    check_calib_augment(augment)
     train = open_split(data, "train", train_transform(spec, flip) if augment == "train"
                        else eval_transform(spec))
     check_classes(train, expected_classes, f"{data}/train")
     subset = (Subset(train, list(indices)) if indices is not None
               else seeded_subset(train, count, seed, "--calib-images"))
     return SeededSamples(subset, seed) if augment == "train" else subset
+
+
+def check_calib_augment(augment: str) -> None:
+    """Refuse an unknown ``--calib-augment`` value."""
+    if augment not in CALIB_AUGMENTS:
+        raise UsageError(f"--calib-augment must be one of {', '.join(CALIB_AUGMENTS)}, "
+                         f"got {augment!r}")
+
+
+def checkpoint_calibration_images(data: str | os.PathLike, meta: dict, count: int | None,
+                                  seed: int, augment: str = "train",
+                                  indices: Sequence[int] | None = None) -> Dataset:
+    """:func:`calibration_images` for a loaded checkpoint: its image spec,
+    class names and flips come from its ``meta``."""
+    return calibration_images(data, meta["image"], count, seed, augment, meta.get("class_names"),
+                              indices, flip=trained_with_flips(meta))
 
 
 def trained_with_flips(meta: dict) -> bool:

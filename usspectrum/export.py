@@ -78,7 +78,7 @@ def prepare_width(checkpoint: str | os.PathLike, width: WidthLike, data: str | o
     the model and a warning (or None) about the statistics it will use."""
     from .calibration import calibrate, is_calibrated
     from .checkpoint import load_checkpoint
-    from .data import calibration_images, make_loader, trained_with_flips
+    from .data import checkpoint_calibration_images, make_loader
     from .spectrum import resolve_widths
 
     model = load_checkpoint(checkpoint)
@@ -91,7 +91,6 @@ def prepare_width(checkpoint: str | os.PathLike, width: WidthLike, data: str | o
         return model, (f"width {config} has no calibrated BN statistics in {checkpoint}; the "
                        "export uses the training-time running statistics. Pass --data to "
                        "calibrate it first")
-    subset = calibration_images(data, model.meta["image"], calib_images, seed, calib_augment,
-                                model.meta.get("class_names"), flip=trained_with_flips(model.meta))
+    subset = checkpoint_calibration_images(data, model.meta, calib_images, seed, calib_augment)
     calibrate(model, make_loader(subset, batch_size, workers), [config])
     return model, None

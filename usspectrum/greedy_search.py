@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from .allocator import keep_freed_memory
 from .calibration import DenseCalibrator
 from .checkpoint import load_checkpoint
-from .data import (CALIB_AUGMENTS, calibration_images, check_classes, eval_transform,
-                   make_loader, open_split, trained_with_flips)
+from .data import (check_calib_augment, check_classes, checkpoint_calibration_images,
+                   eval_transform, make_loader, open_split)
 from .dense import to_dense
 from .errors import USSpectrumError, UsageError
 from .evaluate import evaluate_nets
@@ -71,9 +71,7 @@ class SearchSettings:
         if self.granularity not in GRANULARITIES:
             raise UsageError(f"--granularity must be one of {', '.join(GRANULARITIES)}, "
                              f"got {self.granularity!r}")
-        if self.calib_augment not in CALIB_AUGMENTS:
-            raise UsageError(f"--calib-augment must be one of {', '.join(CALIB_AUGMENTS)}, "
-                             f"got {self.calib_augment!r}")
+        check_calib_augment(self.calib_augment)
         if not 0 < self.step < 1:
             raise UsageError(f"--step must be a ratio in (0, 1), such as 0.05; got {self.step}")
         for name in ("search_images", "calib_images", "batch_size"):
@@ -172,8 +170,7 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     fixed = {"granularity": settings.granularity, "step_ratio": settings.step,
              "per_flop": settings.per_flop, "search_images": settings.search_images,
              "calib_images": settings.calib_images, "calib_augment": settings.calib_augment,
-             "seed": settings.seed,
-             "fingerprint": fingerprint}
+             "seed": settings.seed, "fingerprint": fingerprint}
     if len(done):
         first = done.iloc[0]
         differ = [k for k, v in fixed.items() if str(first.get(k)) != str(v)]
@@ -192,13 +189,12 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         if _finished(model, ratios, groups, settings, lo, budgets, float(last["mflops"])):
             return writer.existing()
 
-    classes = model.meta.get("class_names")
     train = open_split(data, "train", eval_transform(spec))
-    check_classes(train, classes, f"{data}/train")
+    check_classes(train, model.meta.get("class_names"), f"{data}/train")
     calib_idx, search_idx = held_out_indices(len(train), settings.calib_images,
                                              settings.search_images, settings.seed)
-    calib = _InMemory(calibration_images(data, spec, None, settings.seed, settings.calib_augment,
-                                         classes, calib_idx, trained_with_flips(model.meta)),
+    calib = _InMemory(checkpoint_calibration_images(data, model.meta, None, settings.seed,
+                                                    settings.calib_augment, calib_idx),
                       settings.batch_size, settings.workers, "calibration images",
                       settings.progress)
     held = _InMemory(Subset(train, search_idx), settings.batch_size, settings.workers,

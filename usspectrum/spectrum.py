@@ -26,8 +26,8 @@ from .allocator import keep_freed_memory
 from .calibration import (Calibrator, DenseCalibrator, average_across_processes, get_bn_stats,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
-from .data import (CALIB_AUGMENTS, calibration_images, check_classes, eval_transform,
-                   make_loader, open_split, seeded_subset, trained_with_flips, warn_skipped,
+from .data import (check_calib_augment, check_classes, checkpoint_calibration_images,
+                   eval_transform, make_loader, open_split, seeded_subset, warn_skipped,
                    without_bad_images)
 from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
@@ -80,9 +80,7 @@ class SweepSettings:
     skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
-        if self.calib_augment not in CALIB_AUGMENTS:
-            raise UsageError(f"calib_augment must be one of {CALIB_AUGMENTS}, "
-                             f"got {self.calib_augment!r}")
+        check_calib_augment(self.calib_augment)
         if self.calibration not in CALIBRATION_MODES:
             raise UsageError(f"calibration must be one of {CALIBRATION_MODES}, got {self.calibration!r}")
         if self.batch_size < 1:
@@ -176,9 +174,8 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
             settings.calibration == "auto" and not all(is_calibrated(model, c) for c in todo))
         calib = None
         if needs_calibration:
-            calib = calibration_images(data, spec, settings.calib_images, settings.seed,
-                                       settings.calib_augment, meta.get("class_names"),
-                                       flip=trained_with_flips(meta))
+            calib = checkpoint_calibration_images(data, meta, settings.calib_images, settings.seed,
+                                                  settings.calib_augment)
             if settings.skip_bad_images:
                 calib, bad = without_bad_images(calib, "calibration images",
                                                 settings.progress and ctx.is_main)

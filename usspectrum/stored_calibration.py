@@ -11,8 +11,7 @@ from tqdm.auto import tqdm
 
 from .calibration import DenseCalibrator, average_across_processes
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import (calibration_images, make_loader, trained_with_flips, warn_skipped,
-                   without_bad_images)
+from .data import checkpoint_calibration_images, make_loader, warn_skipped, without_bad_images
 from .distributed import BatchShard, context, on_main
 from .results import ensure_writable
 from .spectrum import resolve_widths
@@ -20,8 +19,7 @@ from .spectrum import resolve_widths
 
 def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
                          calib_images: int = 2000, calib_augment: str = "train", seed: int = 0,
-                         batch_size: int = 200,
-                         workers: int | None = None, device: str = "cpu",
+                         batch_size: int = 200, workers: int | None = None, device: str = "cpu",
                          allow_extrapolate: bool = False, progress: bool = True,
                          skip_bad_images: bool = False) -> list[str]:
     """Calibrate ``checkpoint`` at ``widths`` on ``data``'s train split and
@@ -30,8 +28,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     on_main(lambda: ensure_writable(out), ctx)
     model = load_checkpoint(checkpoint, device=device)
     configs = resolve_widths(model, widths, allow_extrapolate)
-    subset = calibration_images(data, model.meta["image"], calib_images, seed, calib_augment,
-                                model.meta.get("class_names"), flip=trained_with_flips(model.meta))
+    subset = checkpoint_calibration_images(data, model.meta, calib_images, seed, calib_augment)
     skipped: list[str] = []
     if skip_bad_images:
         subset, skipped = without_bad_images(subset, "calibration images", progress and ctx.is_main)
