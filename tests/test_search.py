@@ -95,7 +95,7 @@ def test_search_is_deterministic_and_resumes(setup, monkeypatch):
     cols = ["config", "top1", "mflops", "group"]
 
     calls = {"n": 0}
-    real = gs.evaluate_nets
+    real = gs.evaluate_shared
 
     def stop_on_fourth(*a, **k):
         calls["n"] += 1
@@ -103,11 +103,11 @@ def test_search_is_deterministic_and_resumes(setup, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(gs, "evaluate_nets", stop_on_fourth)
+    monkeypatch.setattr(gs, "evaluate_shared", stop_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         usspectrum.search(ckpt, data, tmp / "c.csv", TINY)
     assert len(pd.read_csv(tmp / "c.csv")) == 3  # steps 0-2 kept
-    monkeypatch.setattr(gs, "evaluate_nets", real)
+    monkeypatch.setattr(gs, "evaluate_shared", real)
     resumed = usspectrum.search(ckpt, data, tmp / "c.csv", TINY)
     # the same seed gives the same path: the first three steps were searched
     # afresh, the rest after resuming

@@ -105,21 +105,7 @@ class DenseCalibrator:
         self.allow_empty = allow_empty  # a process of a distributed run may get no batch
 
     def __enter__(self) -> "DenseCalibrator":
-        from .dense import chains, to_dense
-
-        self.nets = {}
-        for config in self.configs:
-            net = to_dense(self.model, config, fold_bn=False)
-            for chain in chains(net):
-                layers = list(chain.named_children())
-                for (name, layer), (next_name, after) in zip(layers, layers[1:] + [(None, None)]):
-                    if isinstance(layer, nn.BatchNorm2d):
-                        clamp = ((after.min_val, after.max_val) if isinstance(after, nn.Hardtanh)
-                                 else None)
-                        setattr(chain, name, BatchStats(layer, clamp))
-                        if clamp is not None:
-                            setattr(chain, next_name, nn.Identity())  # keeps the layer names
-            self.nets[str(config)] = net
+        self.nets = {str(c): calibration_net(self.model, c) for c in self.configs}
         self._shifted: set[str] = set()
         return self
 
@@ -128,7 +114,7 @@ class DenseCalibrator:
         for key, net in self.nets.items():
             start = time.perf_counter()
             if key not in self._shifted:
-                _shift_by_probe(net, images[:self.probe_images])
+                shift_by_probe(net, images[:self.probe_images])
                 self._shifted.add(key)
             net(images)
             self.seconds[key] += time.perf_counter() - start
@@ -141,10 +127,34 @@ class DenseCalibrator:
             return
         if not self.images and not self.allow_empty:
             raise RuntimeError("calibration saw no batch")
-        bns = dict(slim_batchnorms(self.model))
         for key, net in nets.items():
-            for dense_name, slim_name in net.bn_sources.items():
-                bns[slim_name].calibrated[key] = net.get_submodule(dense_name).statistics()
+            store_statistics(self.model, key, net)
+
+
+def calibration_net(model: nn.Module, config: WidthConfig) -> nn.Module:
+    """The dense copy of ``model`` at ``config`` whose BN layers are
+    :class:`BatchStats` accumulators (each taking over the ReLU6 after it)."""
+    from .dense import chains, to_dense
+
+    net = to_dense(model, config, fold_bn=False)
+    for chain in chains(net):
+        layers = list(chain.named_children())
+        for (name, layer), (next_name, after) in zip(layers, layers[1:] + [(None, None)]):
+            if isinstance(layer, nn.BatchNorm2d):
+                clamp = ((after.min_val, after.max_val) if isinstance(after, nn.Hardtanh)
+                         else None)
+                setattr(chain, name, BatchStats(layer, clamp))
+                if clamp is not None:
+                    setattr(chain, next_name, nn.Identity())  # keeps the layer names
+    return net
+
+
+def store_statistics(model: nn.Module, key: str, net: nn.Module) -> None:
+    """Put the averages of ``net``'s :class:`BatchStats` layers (a
+    :func:`calibration_net`) into ``model``'s calibrated store under ``key``."""
+    bns = dict(slim_batchnorms(model))
+    for dense_name, slim_name in net.bn_sources.items():
+        bns[slim_name].calibrated[key] = net.get_submodule(dense_name).statistics()
 
 
 class BatchStats(nn.Module):
@@ -225,7 +235,7 @@ def batch_moments(x: torch.Tensor, rows_per_chunk: int = 8192) -> tuple[torch.Te
     return mean, var
 
 
-def _shift_by_probe(net: nn.Module, probe: torch.Tensor) -> None:
+def shift_by_probe(net: nn.Module, probe: torch.Tensor) -> None:
     """Run ``probe`` through ``net``, then move each :class:`BatchStats`
     layer's probe mean into the bias of the conv feeding it and reset it."""
     from .dense import chains

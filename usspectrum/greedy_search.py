@@ -5,7 +5,8 @@ at each step build one candidate per group of layers (a stage, or a single
 slimmable layer; MobileNet v2's residual chains are one slot already), each
 slimming that group by ``step`` of the width ratio; BN-calibrate every
 candidate and evaluate it on a *search subset*, all candidates in one pass
-over in-memory batches; keep the candidate that loses the least top-1 and
+over in-memory batches, each batch running the layers a candidate shares
+with the current config once (:mod:`usspectrum.shared_prefix`); keep the candidate that loses the least top-1 and
 go on until every group is at the model's smallest trained width.
 
 Images: the search subset and the calibration images are disjoint, seeded
@@ -33,13 +34,12 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from .allocator import keep_freed_memory
-from .calibration import DenseCalibrator
 from .checkpoint import load_checkpoint
 from .data import (check_calib_augment, check_classes, checkpoint_calibration_images,
                    eval_transform, make_loader, open_split)
 from .dense import to_dense
+from .shared_prefix import SharedPrefixCalibrator, evaluate_shared
 from .errors import USSpectrumError, UsageError
-from .evaluate import evaluate_nets
 from .flops import FlopCounter
 from .layers import slim_batchnorms
 from .results import RowWriter
@@ -200,13 +200,12 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     held = _InMemory(Subset(train, search_idx), settings.batch_size, settings.workers,
                      "search images", settings.progress)
 
-    def measure(configs: list[WidthConfig]) -> dict[str, float]:
-        keys = [str(c) for c in configs]
-        with DenseCalibrator(model, configs) as cal:
+    def measure(base: WidthConfig, configs: list[WidthConfig]) -> dict[str, float]:
+        keys = [str(c) for c in (base, *configs)]
+        with SharedPrefixCalibrator(model, base, configs) as cal:
             for images in calib.images():
                 cal.update(images)
-        nets = {k: to_dense(model, c, fuse_activations=True) for k, c in zip(keys, configs)}
-        results = evaluate_nets(nets, held.batches)
+        results = evaluate_shared(model, base, configs, held.batches)
         for _, bn in slim_batchnorms(model):  # candidates' statistics are not kept
             for k in keys:
                 bn.calibrated.pop(k, None)
@@ -223,7 +222,7 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     bar = tqdm(desc="greedy search", unit="step", disable=not settings.progress)
     if current is None:
         start = time.perf_counter()
-        current = measure([_config(ratios)])[str(_config(ratios))]
+        current = measure(_config(ratios), [])[str(_config(ratios))]
         writer.append(row(0, "", _config(ratios), current, 0.0, 1, time.perf_counter() - start))
     while True:
         start = time.perf_counter()
@@ -235,7 +234,7 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         if not candidates:
             break
         configs = [_config(r) for _, _, r in candidates]
-        accuracy = measure(configs)
+        accuracy = measure(_config(ratios), configs)
         here = counter.at(_config(ratios)).mflops
 
         def score(item):
