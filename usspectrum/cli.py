@@ -621,7 +621,8 @@ def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_
     width, repeatedly slim the group whose slimming costs the least top-1 on
     held-out training images, one row per step; then report the config
     chosen at each budget against the uniform width of equal or more FLOPs,
-    on val/.
+    on val/. A full path of the CIFAR-10 MobileNet v1 took 9 min (stage) and
+    40 min (layer granularity) on 2 cores; --step 0.1 about halves it.
 
     \b
     Examples:
