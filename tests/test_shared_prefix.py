@@ -5,7 +5,7 @@ import torch
 
 import usspectrum
 from usspectrum.calibration import DenseCalibrator, get_bn_stats
-from usspectrum.dense import to_dense
+from usspectrum.dense import DenseResidual, to_dense
 from usspectrum.greedy_search import search_groups, slim_group
 from usspectrum.layers import slim_batchnorms
 from usspectrum.shared_prefix import (PrefixTree, SharedPrefixCalibrator, branch_point,
@@ -23,7 +23,9 @@ def _candidates(model, base):
 
 def _model(name):
     torch.manual_seed(0)
-    model = usspectrum.create_model(name, stem="cifar", num_classes=10).eval()
+    # v2 with two blocks per middle stage: residual chains, fewer layers to run
+    kw = {"repeats": (1, 2, 2, 2, 2, 2, 1)} if name.endswith("v2") else {}
+    model = usspectrum.create_model(name, stem="cifar", num_classes=10, **kw).eval()
     randomize_bn(model)
     return model
 
@@ -49,6 +51,8 @@ def test_shared_calibration_and_evaluation_equal_separate_runs(name):
     base = WidthConfig.per_layer(ratios)
     configs = _candidates(model, ratios)
     assert len(configs) == len(model.slots)
+    has_skips = any(isinstance(m, DenseResidual) for m in to_dense(model, base).modules())
+    assert has_skips == name.endswith("v2")  # v2 covers candidates inside residual chains
     torch.manual_seed(1)
     batches = [(torch.randn(12, 3, 32, 32), torch.randint(0, 10, (12,))) for _ in range(3)]
     keys = [str(c) for c in (base, *configs)]
