@@ -6,8 +6,9 @@ slimmable layer; MobileNet v2's residual chains are one slot already), each
 slimming that group by ``step`` of the width ratio; BN-calibrate every
 candidate and evaluate it on a *search subset*, all candidates in one pass
 over in-memory batches, each batch running the layers a candidate shares
-with the current config once (:mod:`usspectrum.shared_prefix`); keep the candidate that loses the least top-1 and
-go on until every group is at the model's smallest trained width.
+with the current config once (:mod:`usspectrum.shared_prefix`); keep the
+candidate that loses the least top-1 and go on until every group is at the
+model's smallest trained width.
 
 Images: the search subset and the calibration images are disjoint, seeded
 draws from ``train/`` (the calibration images augmented as in training, see
@@ -38,11 +39,11 @@ from .checkpoint import load_checkpoint
 from .data import (check_calib_augment, check_classes, checkpoint_calibration_images,
                    eval_transform, make_loader, open_split)
 from .dense import to_dense
-from .shared_prefix import SharedPrefixCalibrator, evaluate_shared
 from .errors import USSpectrumError, UsageError
 from .flops import FlopCounter
 from .layers import slim_batchnorms
 from .results import RowWriter
+from .shared_prefix import SharedPrefixCalibrator, evaluate_shared
 from .width import WidthConfig, format_ratio, parse_width_list
 
 GRANULARITIES = ("stage", "layer")

@@ -20,7 +20,8 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .calibration import calibration_net, shift_by_probe, store_statistics
+from .calibration import (DenseCalibrator, calibration_net, shift_by_probe,
+                          store_statistics)
 from .dense import to_dense
 from .evaluate import Accuracy
 from .width import WidthConfig
@@ -50,12 +51,10 @@ class PrefixTree:
         self.base_key, self.base = base_key, base
         self.layers = list(base)
         self.branches: dict[int, list[tuple[str, list[nn.Module]]]] = {}
-        self.points: dict[str, int] = {}
         for key, net in branches.items():
             point = branch_point(base, net)
             for i in range(point):
                 net[i] = base[i]  # one module: the branch's prefix statistics are the base's
-            self.points[key] = point
             self.branches.setdefault(point, []).append((key, list(net)[point:]))
 
     @torch.no_grad()
@@ -82,7 +81,7 @@ class SharedPrefixCalibrator:
     :class:`usspectrum.calibration.DenseCalibrator`'s up to float rounding
     and are stored in the model's calibrated store on leaving the block."""
 
-    probe_images = 16
+    probe_images = DenseCalibrator.probe_images
 
     def __init__(self, model: nn.Module, base: WidthConfig,
                  configs: Iterable[WidthConfig]) -> None:
