@@ -124,3 +124,69 @@ def test_fast_path_is_used_in_training_only(monkeypatch):
     assert not calls
     model.train()(x)
     assert calls
+
+
+def _clone_count(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_inplace_relu6_matches_hardtanh_and_copies_nothing():
+    from usspectrum.kernels import relu6_
+    torch.manual_seed(0)
+    base = torch.randn(4, 8, 5, 5) * 5
+    base[0, 0, 0, :3] = torch.tensor([0.0, 6.0, -0.0])  # the edges, where the gradient is 0
+    grad = torch.randn(4, 8, 5, 5)
+    outs, grads = [], []
+    for fn in (lambda t: F.relu6(t, inplace=True), relu6_):
+        x = base.clone().requires_grad_()
+        y = fn(x * 1.0)
+        y.backward(grad)
+        outs.append(y.detach())
+        grads.append(x.grad)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    x = base.clone().requires_grad_()
+    assert _clone_count(lambda: F.relu6(x * 1.0, inplace=True)) >= 1  # what relu6_ avoids
+    assert _clone_count(lambda: relu6_(x * 1.0)) == 0
+
+
+@pytest.mark.parametrize("channels", [8, 24, 32])
+def test_training_batch_norm_matches_aten(channels):
+    """Same output and running statistics as F.batch_norm; gradients equal
+    to ATen's, bit for bit where it keeps channels-last and within float
+    tolerance where it goes through NCHW (8 and 24 channels)."""
+    from usspectrum.kernels import batch_norm_train, slow_channels_last_bn_backward
+    torch.manual_seed(0)
+    x0 = torch.randn(6, channels, 9, 9).contiguous(memory_format=torch.channels_last) * 3 + 1
+    g = torch.randn(6, channels, 9, 9).contiguous(memory_format=torch.channels_last)
+    w0, b0 = torch.rand(channels) + 0.5, torch.randn(channels)
+    results = []
+    for fn in (F.batch_norm, batch_norm_train):
+        x = x0.clone().requires_grad_()
+        w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+        mean, var = torch.zeros(channels), torch.ones(channels)
+        if fn is F.batch_norm:
+            y = F.batch_norm(x, mean, var, w, b, True, 0.1, 1e-5)
+        else:
+            y = batch_norm_train(x, mean, var, w, b, 0.1, 1e-5)
+        y.backward(g)
+        results.append((y.detach(), mean, var, x.grad, w.grad, b.grad))
+    ref, ours = results
+    for a, b_ in zip(ref[:3], ours[:3]):
+        assert torch.equal(a, b_)
+    assert ours[3].is_contiguous(memory_format=torch.channels_last)
+    if slow_channels_last_bn_backward(x0):
+        for a, b_ in zip(ref[3:], ours[3:]):
+            torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5)
+    else:
+        assert all(torch.equal(a, b_) for a, b_ in zip(ref[3:], ours[3:]))

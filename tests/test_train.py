@@ -163,6 +163,63 @@ def test_interrupted_run_resumed_matches_the_uninterrupted_one(tmp_path, monkeyp
     pd.testing.assert_series_equal(whole.log.loss, resumed.log.loss, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["us", "slimmable"])
+def test_run_interrupted_mid_epoch_resumes_at_the_next_batch_bit_for_bit(tmp_path, monkeypatch,
+                                                                          kind):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=16)
+    opts = dict(kind=kind, data=str(data), nonuniform=kind == "us", **FAST)
+    whole = usspectrum.train(out=str(tmp_path / "whole.pt"), **opts)
+
+    step_name = {"us": "us_step", "slimmable": "slimmable_step"}[kind]
+    real, calls = getattr(train_module, step_name), []
+
+    def crash(*args, **kw):
+        calls.append(1)
+        if len(calls) == 6:  # the third of the second epoch's 3 steps never finishes
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, step_name, crash)
+    split = tmp_path / "split.pt"
+    with pytest.raises(KeyboardInterrupt):  # progress saved after every step
+        usspectrum.train(out=str(split), checkpoint_minutes=1e-9, **opts)
+    progress = torch.load(tmp_path / "split.pt.partial.pt", weights_only=True)
+    assert (progress["epoch"], progress["tally"][0]) == (1, 2)  # 0-based epoch 1, 2 batches done
+    monkeypatch.setattr(train_module, step_name, real)
+    steps = []
+    monkeypatch.setattr(train_module, step_name,
+                        lambda *a, **kw: steps.append(1) or real(*a, **kw))
+    resumed = usspectrum.train(out=str(split), resume=True, **opts)
+
+    assert len(steps) == 1  # only the step that was cut off ran again
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert list(resumed.log.epoch) == [1, 2]
+    assert resumed.log.loss.tolist() == whole.log.loss.tolist()
+    assert not (tmp_path / "split.pt.partial.pt").exists()
+
+
+def test_progress_file_of_another_recipe_is_not_used(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=16)
+    opts = dict(kind="us", data=str(data), out=str(tmp_path / "m.pt"), **FAST)
+    usspectrum.train(stop_after=1, **opts)
+    torch.save({"recipe": {"lr": 123.0}, "epoch": 1}, tmp_path / "m.pt.partial.pt")
+    again = usspectrum.train(resume=True, **opts)
+    reference = usspectrum.train(**{**opts, "out": str(tmp_path / "ref.pt")})
+    assert again.log.loss.tolist() == reference.log.loss.tolist()
+
+
+def test_eval_widths_add_calibrated_columns_for_every_kind(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=16)
+    result = usspectrum.train(kind="individual", data=str(data), out=str(tmp_path / "i.pt"),
+                              eval_widths=(0.5, 1.0), **{**FAST, "epochs": 1})
+    row = result.log.iloc[-1]
+    assert {"top1_0.5", "top1_1"} <= set(result.log.columns)
+    # the same width, calibrated both times: the two columns agree
+    assert row["top1_1"] == row["top1_largest"]
+    assert 0 <= row["top1_0.5"] <= 100
+
+
 def test_resume_with_another_config_is_refused(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=4, size=16)
     usspectrum.train(kind="us", data=str(data), out=str(tmp_path / "m.pt"), **{**FAST, "epochs": 1})

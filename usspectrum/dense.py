@@ -136,6 +136,8 @@ def _dense_chain(sequence, fold_bn: bool, channels: int, path: str):
             channels = out
         elif any(True for _ in module.parameters(recurse=False)) or isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise TypeError(f"cannot make {name} ({type(module).__name__}) dense")
+        elif isinstance(module, nn.ReLU6):
+            layer = nn.ReLU6(inplace=module.inplace)  # the plain module: exports need no usspectrum
         else:
             layer = copy.deepcopy(module)
         layers[key] = layer

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
-from .kernels import depthwise_conv, is_channels_last, pointwise_conv
+from .kernels import batch_norm_train, depthwise_conv, is_channels_last, pointwise_conv, relu6_
 from .width import make_divisible
 
 
@@ -67,6 +67,18 @@ class SlimConv2d(nn.Conv2d):
             return self.stride[0] == self.stride[1] and self.padding[0] == self.padding[1]
         return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
                 and max(x.shape[2:]) <= kernels.POINTWISE_MAX_SIDE)
+
+
+class ReLU6(nn.ReLU6):
+    """``nn.ReLU6`` whose in-place training forward skips the copy autograd
+    makes of the activation (:func:`usspectrum.kernels.relu6_`); elsewhere
+    (eval, tracing, export) it is ``nn.ReLU6``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.inplace and kernels.enabled() and self.training and torch.is_grad_enabled()
+                and x.requires_grad and not torch.jit.is_tracing()):
+            return relu6_(x)
+        return super().forward(x)
 
 
 class SlimLinear(nn.Linear):
@@ -152,6 +164,8 @@ class SlimBatchNormBase(nn.Module):
             if self.sync_group is not None:
                 return _sync_batch_norm(x, mean, var, weight, bias, self.momentum, self.eps,
                                         self.sync_group)
+            if kernels.enabled() and x.device.type == "cpu" and torch.is_grad_enabled():
+                return batch_norm_train(x, mean, var, weight, bias, self.momentum, self.eps)
             return F.batch_norm(x, mean, var, weight, bias, True, self.momentum, self.eps)
         mean, var = self.eval_stats(channels, x.device)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)

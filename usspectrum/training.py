@@ -12,10 +12,12 @@ epoch, so a resumed run repeats what the uninterrupted run would have done.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,7 +42,7 @@ from .evaluate import evaluate
 from .layers import SlimBatchNormBase, SlimConv2d, set_sync_group
 from .memory_batches import MemoryBatches
 from .models import KINDS, create_model, model_defaults
-from .results import RowWriter
+from .results import RowWriter, atomic_write_bytes
 from .width import WidthConfig
 
 KIND_PREFIX = {"us": "us_", "slimmable": "s_", "individual": ""}
@@ -81,6 +83,11 @@ class TrainConfig:
     val_images: int | None = 1000
     calib_images: int = 500
     eval_every: int = 1
+    # widths of the per-epoch val check (None: the smallest and largest trained
+    # widths, US-Nets calibrated, the others on their tracked statistics); when
+    # set, every kind is calibrated at each and the log gains top1_<width> columns
+    eval_widths: tuple[float, ...] | None = None
+    checkpoint_minutes: float = 5.0  # mid-epoch progress file (<out>.partial.pt)
     seed: int = 0
     device: str = "cpu"
     workers: int | None = None
@@ -133,6 +140,10 @@ class TrainConfig:
             raise UsageError("--num-sample must be at least 2 (the largest and smallest widths)")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        if self.eval_widths is not None and any(not 0 < w <= 1 for w in self.eval_widths):
+            raise UsageError(f"--eval-widths must be widths in (0, 1], got {list(self.eval_widths)}")
+        if self.checkpoint_minutes <= 0:
+            raise UsageError("--checkpoint-minutes must be > 0")
         for name in ("epochs", "batch_size", "eval_every", "calib_images"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -328,6 +339,100 @@ def _log_path(out: Path) -> Path:
     return out.with_name(out.stem + "-log.csv")
 
 
+def _progress_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.pt")
+
+
+def _log_columns(config: TrainConfig) -> list[str]:
+    return LOG_COLUMNS + [f"top1_{w:g}" for w in (config.eval_widths or ())]
+
+
+class SkipBatches:
+    """A batch sampler without its first ``skip`` batches (a resumed epoch)."""
+
+    def __init__(self, batches, skip: int) -> None:
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
+@dataclass
+class EpochTally:
+    """What an epoch has done so far: batches, images, summed loss, seconds."""
+
+    batches: int = 0
+    images: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, images: int, loss_sum: float) -> None:
+        self.batches += 1
+        self.images += images
+        self.loss_sum += loss_sum
+
+
+class EpochProgress:
+    """Mid-epoch checkpoints (``<out>.partial.pt``): weights, optimizer,
+    schedule, the sandwich sampler's and torch's random states and the
+    epoch's tally, written every ``checkpoint_minutes``, so an interrupted
+    epoch resumes at its next batch and repeats what the uninterrupted run
+    would have done. One process only (under torchrun, epochs are the unit)."""
+
+    def __init__(self, path: Path, config: TrainConfig, ctx) -> None:
+        self.path, self.config = path, config
+        self.enabled = not ctx.enabled
+        self.every = config.checkpoint_minutes * 60
+        self.last = time.perf_counter()
+
+    def maybe_save(self, epoch: int, tally: EpochTally, seconds: float, model, optimizer,
+                   scheduler, sampler: SandwichSampler) -> None:
+        if not self.enabled or time.perf_counter() - self.last < self.every:
+            return
+        state = {"recipe": self.config.recipe(), "epoch": epoch,
+                 "tally": [tally.batches, tally.images, tally.loss_sum, tally.seconds + seconds],
+                 "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "sampler_rng": sampler.rng.getstate(), "torch_rng": torch.get_rng_state()}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+        self.last = time.perf_counter()
+
+    def resume(self, epoch: int, model, optimizer, scheduler,
+               sampler: SandwichSampler) -> EpochTally:
+        """The tally of ``epoch`` from a progress file made during it (and
+        the training state restored from it), else a fresh tally."""
+        if not (self.enabled and self.path.exists()):
+            return EpochTally()
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a file cut short by the interruption: redo the epoch
+            warnings.warn(f"ignoring unreadable {self.path} ({type(exc).__name__}); "
+                          f"epoch {epoch + 1} starts again")
+            return EpochTally()
+        if state.get("epoch") != epoch or state.get("recipe") != self.config.recipe():
+            return EpochTally()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.rng.setstate(_as_rng_state(state["sampler_rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        batches, images, loss_sum, seconds = state["tally"]
+        return EpochTally(int(batches), int(images), float(loss_sum), float(seconds))
+
+
+def _as_rng_state(state) -> tuple:
+    """``random.Random.setstate`` wants tuples; a round trip may give lists."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train one model as ``config`` says; checkpoints after every epoch."""
     config = dataclasses.replace(config or TrainConfig(), **overrides).resolved()
@@ -394,14 +499,18 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     start_epoch = 0
-    log_writer = on_main(lambda: RowWriter(_log_path(out), LOG_COLUMNS, required=("epoch",)), ctx)
+    log_writer = on_main(lambda: RowWriter(_log_path(out), _log_columns(config),
+                                           required=("epoch",)), ctx)
+    progress = EpochProgress(_progress_path(out), config, ctx)
     if config.resume:
         # every process reads the checkpoint (under torchrun --out must be on shared storage)
-        start_epoch = _restore(out, config, model, optimizer, scheduler, device)
+        if out.exists() or not progress.path.exists():
+            start_epoch = _restore(out, config, model, optimizer, scheduler, device)
         if ctx.is_main:
             _truncate_log(log_writer, start_epoch)
-    elif ctx.is_main and log_writer.path.exists():
-        log_writer.path.unlink()
+    elif ctx.is_main:
+        log_writer.path.unlink(missing_ok=True)
+        progress.path.unlink(missing_ok=True)
     step_loss = SandwichLoss(model, config.kind, criterion, config.inplace_distill, config.switches)
     ddp = None
     if ctx.enabled:
@@ -423,18 +532,20 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         train_set.seed = epoch_seed(config.seed, epoch, 3)
         batches = GlobalBatchShard(len(train_set), config.batch_size,
                                    epoch_seed(config.seed, epoch, 2), ctx)
+        tally = progress.resume(epoch, model, optimizer, scheduler, sampler) if config.resume \
+            else EpochTally()
         if memory is not None:
             memory.seed = train_set.seed
-            loader = memory.batches(batches)
+            loader = memory.batches(SkipBatches(batches, tally.batches))
         else:
             loader = make_loader(train_set, config.batch_size, config.workers,
-                                 batch_sampler=batches)
+                                 batch_sampler=SkipBatches(batches, tally.batches))
         model.train()
-        started, images_seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, total=len(batches), unit="batch", leave=False,
+        started = time.perf_counter()
+        bar = tqdm(loader, total=len(batches), initial=tally.batches, unit="batch", leave=False,
                    desc=f"{config.kind} epoch {epoch + 1}/{config.epochs}",
                    disable=not (config.progress and ctx.is_main))
-        for batch_index, (images, labels) in enumerate(bar):
+        for batch_index, (images, labels) in enumerate(bar, start=tally.batches):
             images = images.to(device, dtype).contiguous(memory_format=memory_format)
             labels = labels.to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -455,15 +566,16 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
                 losses = individual_step(model, images, labels, criterion)
             optimizer.step()
             scheduler.step()
-            images_seen += count
-            loss_sum += losses[0] * count
-            rate = images_seen / (time.perf_counter() - started)
+            tally.add(count, losses[0] * count)
+            rate = tally.images / (tally.seconds + time.perf_counter() - started)
             bar.set_postfix(loss=f"{losses[0]:.3f}", img_s=f"{rate:.0f}")
+            progress.maybe_save(epoch, tally, time.perf_counter() - started, model, optimizer,
+                                scheduler, sampler)
         bar.close()
-        seconds = time.perf_counter() - started
+        seconds = tally.seconds + time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               "loss": round(loss_sum / max(1, images_seen), 5),
-               "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2),
+               "loss": round(tally.loss_sum / max(1, tally.images), 5),
+               "images_per_s": round(tally.images / seconds, 2), "seconds": round(seconds, 2),
                "smallest": lo, "largest": hi, "val_images": len(val_set),
                "skipped_images": len(skipped)}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
@@ -472,6 +584,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         if ctx.is_main:
             _save(model, out, config, classes, spec, optimizer, scheduler, epoch + 1, row)
             log_writer.append(row)
+            progress.path.unlink(missing_ok=True)
         barrier(ctx)
         if config.progress and ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}, {row['images_per_s']:.1f} img/s, "
@@ -502,22 +615,27 @@ def _distributed_step(ddp: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 
 def _quick_eval(model, config, calib_set, val_set, device) -> dict:
-    """Top-1 at the smallest and largest trained widths (US-Nets are
-    calibrated first; the others use their tracked BN statistics)."""
+    """Top-1 at the smallest and largest trained widths, and at
+    ``config.eval_widths`` when set. Without ``eval_widths`` only US-Nets
+    are calibrated (the others use their tracked BN statistics); with them,
+    every kind is, as the sweeps do."""
     lo, hi = config.trained_widths
-    widths = [lo, hi]
+    extra = list(config.eval_widths or ())
+    widths = list(dict.fromkeys([lo, hi, *extra]))
     dtype = next(model.parameters()).dtype
 
     def batches(dataset):
         return ((x.to(dtype), y) for x, y in make_loader(dataset, 200, config.workers))
 
-    if config.kind == "us":
+    if config.kind == "us" or extra:
         calibrate(model, batches(calib_set), widths, device)
     accuracy = evaluate(model, batches(val_set), widths, device)
     clear_bn_stats(model)  # sweeps calibrate with their own settings
     model.train()
-    return {"top1_smallest": round(accuracy[str(WidthConfig(lo))].top1, 3),
-            "top1_largest": round(accuracy[str(WidthConfig(hi))].top1, 3)}
+    row = {"top1_smallest": round(accuracy[str(WidthConfig(lo))].top1, 3),
+           "top1_largest": round(accuracy[str(WidthConfig(hi))].top1, 3)}
+    row.update({f"top1_{w:g}": round(accuracy[str(WidthConfig(w))].top1, 3) for w in extra})
+    return row
 
 
 def _save(model, out, config, classes, spec, optimizer, scheduler, epochs_done, row) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from ..layers import ReLU6, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
 from .base import (SlimmableNet, check_repeats, check_switches,
                    init_weights, leaf_modules, mark_kind)
 from .registry import register_model
@@ -40,10 +40,10 @@ class DepthwiseSeparable(nn.Module):
         self.body = nn.Sequential(
             SlimConv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
             norm(inp),
-            nn.ReLU6(inplace=True),
+            ReLU6(inplace=True),
             SlimConv2d(inp, out, 1, 1, 0, bias=False, average_output=average_output),
             norm(out),
-            nn.ReLU6(inplace=True),
+            ReLU6(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ class MobileNetV1(SlimmableNet):
         stem_stride, self.default_image_size = STEMS[stem]
         stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
         layers: list[nn.Module] = [
-            nn.Sequential(stem_conv, norm(STEM_CHANNELS), nn.ReLU6(inplace=True))]
+            nn.Sequential(stem_conv, norm(STEM_CHANNELS), ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
         inp = STEM_CHANNELS
         for stage, (out, count, first_stride) in enumerate(stages, start=1):

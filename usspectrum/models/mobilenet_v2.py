@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from ..layers import ReLU6, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
 from .base import (Residual, SlimmableNet, check_repeats, check_switches,
                    init_weights, leaf_modules, mark_kind)
 from .registry import register_model
@@ -65,9 +65,9 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers += [SlimConv2d(inp, hidden, 1, 1, 0, bias=False, average_output=average_output),
-                       norm(hidden, expand), nn.ReLU6(inplace=True)]
+                       norm(hidden, expand), ReLU6(inplace=True)]
         layers += [SlimConv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-                   norm(hidden, expand), nn.ReLU6(inplace=True),
+                   norm(hidden, expand), ReLU6(inplace=True),
                    SlimConv2d(hidden, out, 1, 1, 0, bias=False, average_output=average_output),
                    norm(out, 1)]
         self.body = nn.Sequential(*layers)
@@ -103,7 +103,7 @@ class MobileNetV2(SlimmableNet):
         stem_stride, self.default_image_size = STEMS[stem]
         stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
         layers: list[nn.Module] = [
-            nn.Sequential(stem_conv, norm(STEM_CHANNELS, 1), nn.ReLU6(inplace=True))]
+            nn.Sequential(stem_conv, norm(STEM_CHANNELS, 1), ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
         inp = STEM_CHANNELS
         for stage, ((t, c, _, s), n) in enumerate(zip(STAGES, counts), start=1):
@@ -126,7 +126,7 @@ class MobileNetV2(SlimmableNet):
         last_conv = SlimConv2d(inp, LAST_CHANNELS, 1, 1, 0, bias=False,
                                average_output=average_output)
         layers.append(nn.Sequential(last_conv, USBatchNorm2d(LAST_CHANNELS),
-                                    nn.ReLU6(inplace=True)))
+                                    ReLU6(inplace=True)))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(SlimLinear(LAST_CHANNELS, num_classes))
