@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import usspectrum
 import usspectrum.spectrum as spectrum
 from usspectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats
-from usspectrum.checkpoint import load_checkpoint, save_checkpoint
+from usspectrum.checkpoint import save_checkpoint
 from usspectrum.cli import cli
 from usspectrum.dense import ConvClamp, to_dense
 from usspectrum.evaluate import evaluate

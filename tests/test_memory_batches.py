@@ -10,7 +10,7 @@ from PIL import Image
 
 import usspectrum
 import usspectrum.memory_batches as mb
-from usspectrum.data import ImageSpec, open_split, read_image
+from usspectrum.data import ImageSpec, open_split
 from usspectrum.errors import USSpectrumError
 from usspectrum.memory_batches import MemoryBatches
 

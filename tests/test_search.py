@@ -112,13 +112,13 @@ def test_search_is_deterministic_and_resumes(setup, monkeypatch):
     # the same seed gives the same path: the first three steps were searched
     # afresh, the rest after resuming
     pd.testing.assert_frame_equal(resumed[cols], full[cols])
-    with pytest.raises(usspectrum.USSpectrumError, match="other settings"):
+    with pytest.raises(usspectrum.USSpectrumError, match="--step 0.5 \\(now 0.1\\)"):
         usspectrum.search(ckpt, data, tmp / "c.csv", TINY, step=0.1)
-    with pytest.raises(usspectrum.USSpectrumError, match="calib_augment"):
+    with pytest.raises(usspectrum.USSpectrumError, match="--calib-augment train"):
         usspectrum.search(ckpt, data, tmp / "c.csv", TINY, calib_augment="none")
     # a path from before calibration images were augmented is not resumed either
     pd.read_csv(tmp / "c.csv").drop(columns="calib_augment").to_csv(tmp / "old.csv", index=False)
-    with pytest.raises(usspectrum.USSpectrumError, match="calib_augment"):
+    with pytest.raises(usspectrum.USSpectrumError, match="did not record --calib-augment"):
         usspectrum.search(ckpt, data, tmp / "old.csv", TINY)
 
 

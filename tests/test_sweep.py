@@ -1,7 +1,6 @@
 """The sweep: rows per width, resume, plots, and bad input."""
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 import usspectrum

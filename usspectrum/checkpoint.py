@@ -55,6 +55,25 @@ def fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_checksum(obj: dict) -> str:
+    """SHA-256 of the tensors of a checkpoint dict (``state_dict`` and
+    ``bn_stats``), key by key: a zip archive's own checks let flipped bytes
+    inside tensor data load silently."""
+    digest = hashlib.sha256()
+
+    def add(key: str, t: torch.Tensor) -> None:
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+
+    for key in sorted(obj.get("state_dict", {})):
+        add(key, obj["state_dict"][key])
+    for width in sorted(obj.get("bn_stats", {})):
+        for name in sorted(obj["bn_stats"][width]):
+            for i, t in enumerate(obj["bn_stats"][width][name]):
+                add(f"{width}/{name}/{i}", t)
+    return digest.hexdigest()[:32]
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
                     class_names: Sequence[str] | None = None, image: ImageSpec | None = None,
                     train: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
@@ -74,6 +93,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
         "bn_stats": get_bn_stats(model),
     }
     payload.update(extra or {})
+    payload["checksum"] = weights_checksum(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -82,6 +102,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *,
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """``torch.load`` with ``weights_only=True`` and errors a user can act on."""
     path = Path(path)
+    if path.is_dir():
+        raise USSpectrumError(f"checkpoint {path} is a folder, not a file; give the path of "
+                              "the checkpoint file inside it (e.g. model.pt)")
     if not path.is_file():
         raise USSpectrumError(f"checkpoint {path} does not exist; check the path")
     try:
@@ -114,7 +137,14 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         model = _from_release(obj, path, stem or "imagenet", widths)
     model.meta["path"] = str(path)
     model.meta["fingerprint"] = fingerprint(path)
+    model.meta["num_outputs"] = num_outputs(model)
     return model.to(device).eval()
+
+
+def num_outputs(model: nn.Module) -> int | None:
+    """The number of classes ``model`` predicts (its last linear layer's outputs)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
 
 
 def compact_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
@@ -134,6 +164,7 @@ def compact_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
     obj["bn_stats"] = {key: {name: tuple(cast(t) for t in pair) for name, pair in layers.items()}
                        for key, layers in obj.get("bn_stats", {}).items()}
     obj["stored_dtype"] = str(dtype).removeprefix("torch.")
+    obj["checksum"] = weights_checksum(obj)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(dst, buffer.getvalue())
@@ -144,6 +175,9 @@ def _from_usspectrum(obj: dict, path) -> nn.Module:
     if obj.get("version", 0) > VERSION:
         raise USSpectrumError(f"checkpoint {path} is format version {obj['version']}; this "
                               f"usspectrum reads up to {VERSION}: upgrade usspectrum")
+    if "checksum" in obj and obj["checksum"] != weights_checksum(obj):
+        raise USSpectrumError(f"checkpoint {path} is damaged: its weights do not match the "
+                              "checksum saved with them; restore the file from a good copy")
     arch = obj["arch"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))
     _load_state(model, obj["state_dict"], path)  # copies into the model's float32 tensors

@@ -191,6 +191,12 @@ CALIB_AUGMENT = click.option(
          "training saw them); none: on plain images.")
 
 
+OVERWRITE = click.option(
+    "--overwrite", is_flag=True,
+    help="Measure again into an existing output instead of resuming it (needed when its rows "
+         "were measured with other settings or data).")
+
+
 def sweep_options(fn):
     """Options shared by the commands that measure spectra."""
     options = [
@@ -199,8 +205,9 @@ def sweep_options(fn):
         click.option("--widths", default=None,
                      help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6 "
                           "[default: " + WIDTHS_DEFAULT_HELP + "]."),
-        click.option("--calib-images", type=int, default=2000, show_default=True,
-                     help="Training images for BN calibration (seeded subset)."),
+        click.option("--calib-images", type=int, default=None,
+                     help="Training images for BN calibration (seeded subset) [default: 2000, "
+                          "or all of train/ if fewer]."),
         CALIB_AUGMENT,
         click.option("--eval-images", type=int, default=None,
                      help="Cap the evaluation set (seeded subset) for quick looks."),
@@ -223,6 +230,7 @@ def sweep_options(fn):
                      help="Allow widths outside the trained range."),
         click.option("--device", default="cpu", show_default=True),
         SKIP_BAD_IMAGES,
+        OVERWRITE,
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -230,7 +238,8 @@ def sweep_options(fn):
     return fn
 
 
-def settings_from(kw: dict) -> SweepSettings:
+def settings_from(kw: dict) -> tuple[SweepSettings, bool]:
+    """The sweep settings of the shared options, and ``--overwrite``."""
     return SweepSettings(
         calib_images=kw.pop("calib_images"), calib_augment=kw.pop("calib_augment"),
         eval_images=kw.pop("eval_images"),
@@ -238,7 +247,7 @@ def settings_from(kw: dict) -> SweepSettings:
         widths_per_pass=kw.pop("widths_per_pass"), calibration=kw.pop("calibration"),
         allow_extrapolate=kw.pop("allow_extrapolate"), device=check_device(kw.pop("device")),
         progress=not kw.pop("quiet"), latency=kw.pop("latency"), dense=not kw.pop("sliced"),
-        skip_bad_images=kw.pop("skip_bad_images"))
+        skip_bad_images=kw.pop("skip_bad_images")), kw.pop("overwrite")
 
 
 def x_column(kw: dict, settings: SweepSettings) -> str:
@@ -274,11 +283,12 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
       usspectrum sweep us.pt --data DIR --widths 0.5@s5x0.6,0.75@s5x0.6 -o stage5.csv
       usspectrum sweep individual.pt --data DIR --allow-extrapolate
     """
-    settings = settings_from(kw)
+    settings, overwrite = settings_from(kw)
     x = x_column(kw, settings)
     out = out or default_out(checkpoint, "sweep")
     try:
-        df = run_sweep(checkpoint, data, widths, out, settings=settings, label=label)
+        df = run_sweep(checkpoint, data, widths, out, settings=settings, label=label,
+                       overwrite=overwrite)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
                                    "rerun the same command to resume") from None
@@ -296,7 +306,8 @@ def sweep_cmd(checkpoint: str, data: str, widths: str, out: str | None, label: s
 @click.option("--widths", default=None,
               help="[default: " + WIDTHS_DEFAULT_HELP + "].")
 @click.option("-o", "--out", required=True, help="Checkpoint to write, with the statistics.")
-@click.option("--calib-images", type=int, default=2000, show_default=True)
+@click.option("--calib-images", type=int, default=None,
+              help="[default: 2000, or all of train/ if fewer]")
 @CALIB_AUGMENT
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=200, show_default=True)
@@ -466,11 +477,12 @@ def compare_cmd(checkpoints, data, widths, out, labels, no_plot, as_json, **kw) 
       usspectrum compare us.pt s.pt individual.pt --data ../shared/data/cifar10 -o fig2
       usspectrum compare a.pt b.pt --data DIR --widths 0.25:1.0:0.05 --label A --label B
     """
-    settings = settings_from(kw)
+    settings, overwrite = settings_from(kw)
     x = x_column(kw, settings)
     settings.allow_extrapolate = True
     try:
-        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot, x=x)
+        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot, x=x,
+                         overwrite=overwrite)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished rows are kept in {out}/; "
                                    "rerun the same command to resume") from None
@@ -500,7 +512,7 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
     """
     import warnings
 
-    settings = settings_from(kw)
+    settings, overwrite = settings_from(kw)
     x = x_column(kw, settings)
     out = out or default_out(checkpoint, "slim-stage")
     # stage numbers are checked against the model once it is loaded
@@ -511,7 +523,7 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
         warnings.simplefilter("always")
         try:
             df = run_slim_stage(checkpoint, data, model_stages, ratio, widths, out, settings,
-                                not no_plot, x=x)
+                                not no_plot, x=x, overwrite=overwrite)
         except KeyboardInterrupt:
             raise click.ClickException(f"interrupted; finished rows are kept in {out}; "
                                        "rerun the same command to resume") from None
@@ -529,7 +541,8 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
               show_default=True, help="auto: torch.export for .pt2, TorchScript otherwise.")
 @click.option("--data", default=None, type=click.Path(),
               help="Calibrate BN at this width on DATA's train split first (if not stored).")
-@click.option("--calib-images", type=int, default=2000, show_default=True)
+@click.option("--calib-images", type=int, default=None,
+              help="[default: 2000, or all of train/ if fewer]")
 @CALIB_AUGMENT
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-extrapolate", is_flag=True, help="Allow a width outside the trained range.")
@@ -596,15 +609,18 @@ def parse_budgets(text: str | None, what: str) -> list[float]:
               help="Width-ratio decrement of one slimming step (repeated until the group's "
                    "channel count changes).")
 @click.option("--per-flop", is_flag=True, help="Rank candidates by accuracy lost per MFLOP saved.")
-@click.option("--search-images", type=int, default=2000, show_default=True,
-              help="Held-out training images that rank the candidates.")
-@click.option("--calib-images", type=int, default=1000, show_default=True,
-              help="Other training images for each candidate's BN calibration.")
+@click.option("--search-images", type=int, default=None,
+              help="Held-out training images that rank the candidates [default: 2000, fewer "
+                   "on a small train/].")
+@click.option("--calib-images", type=int, default=None,
+              help="Other training images for each candidate's BN calibration [default: "
+                   "1000, a third of a small train/].")
 @CALIB_AUGMENT
 @click.option("--eval-images", type=int, default=None,
               help="Cap the validation images of the report.")
-@click.option("--report-calib-images", type=int, default=2000, show_default=True,
-              help="Training images calibrating BN for the report's validation sweep.")
+@click.option("--report-calib-images", type=int, default=None,
+              help="Training images calibrating BN for the report's validation sweep "
+                   "[default: 2000, or all of train/ if fewer].")
 @click.option("--stage-csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A slim-stage CSV whose per-stage curves join the plot (Figure 1).")
 @click.option("-o", "--out", default=None, help="Path CSV [default: CKPT-search.csv]; the "
@@ -613,10 +629,11 @@ def parse_budgets(text: str | None, what: str) -> list[float]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None)
 @click.option("--no-report", is_flag=True, help="Only the greedy path, no validation report.")
+@OVERWRITE
 @click.option("--quiet", is_flag=True)
 def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_flop,
                search_images, calib_images, calib_augment, eval_images, report_calib_images,
-               stage_csv, out, batch_size, seed, workers, no_report, quiet) -> None:
+               stage_csv, out, batch_size, seed, workers, no_report, overwrite, quiet) -> None:
     """Greedy slimming (AutoSlim-style) of a trained US-Net: from the largest
     width, repeatedly slim the group whose slimming costs the least top-1 on
     held-out training images, one row per step; then report the config
@@ -640,7 +657,7 @@ def search_cmd(checkpoint, data, budget, latency_budget, granularity, step, per_
                               workers=workers, progress=not quiet)
     try:
         path = run_search(checkpoint, data, out, settings,
-                          budgets=budgets if not latency_budgets else ())
+                          budgets=budgets if not latency_budgets else (), overwrite=overwrite)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished steps are kept in {out}; rerun "
                                    "the same command to resume") from None

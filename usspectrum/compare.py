@@ -15,13 +15,13 @@ from .distributed import context
 from .errors import USSpectrumError, UsageError
 from .plot import plot_spectrum
 from .results import write_table
-from .spectrum import SweepSettings, default_widths, sweep
+from .spectrum import SweepSettings, check_data_fits, default_widths, sweep
 from .width import WidthConfig, parse_width_list, stage_variants
 
 def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
             widths: str | Sequence | None, out_dir: str | os.PathLike,
             settings: SweepSettings | None = None, labels: Sequence[str] | None = None,
-            plot: bool = True, x: str = "mflops") -> pd.DataFrame:
+            plot: bool = True, x: str = "mflops", overwrite: bool = False) -> pd.DataFrame:
     """Sweep every checkpoint at the same widths (BN calibrated at every
     width, widths outside a model's trained range allowed) and write
     ``compare.csv`` plus one plot with a curve per model; per-model CSVs in
@@ -43,13 +43,16 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
             raise USSpectrumError(f"{path} has other classes than {checkpoints[0]} "
                                   f"({len(names)} vs {len(first)} classes); compare models "
                                   "trained on the same data")
+    for model in models:  # every mismatch before any work
+        check_data_fits(model, data)
     if widths is None:  # the widest trained range among the models
         widths = default_widths(min(models, key=lambda m: (m.kind == "individual",
                                                            m.width_range[0])))
     out_dir = Path(out_dir)
     frames, marked = [], {}
     for label, model in zip(labels, models):
-        frames.append(sweep(model, data, widths, out_dir / f"{label}.csv", settings, label=label))
+        frames.append(sweep(model, data, widths, out_dir / f"{label}.csv", settings, label=label,
+                            overwrite=overwrite))
         if model.kind == "slimmable":
             marked[label] = [str(WidthConfig(s)) for s in model.switches]
     df = pd.concat(frames, ignore_index=True)
@@ -66,7 +69,7 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike,
                stages: Sequence[int] | str,
                ratio: float, widths: str | Sequence | None, out: str | os.PathLike,
                settings: SweepSettings | None = None, plot: bool = True,
-               x: str = "mflops") -> pd.DataFrame:
+               x: str = "mflops", overwrite: bool = False) -> pd.DataFrame:
     """The uniform spectrum plus, for each stage, the spectrum with ``ratio``
     applied to that stage on top of the global width (the seed's Figure 1)."""
     settings = settings or SweepSettings()
@@ -86,7 +89,7 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike,
     configs = parse_width_list(widths) if isinstance(widths, str) else list(widths)
     configs = [WidthConfig.coerce(c) for c in configs]
     configs = configs + stage_variants(configs, list(stages), ratio)
-    df = sweep(model, data, configs, out, settings)
+    df = sweep(model, data, configs, out, settings, overwrite=overwrite)
     if plot and context(settings.device).is_main:
         plot_spectrum(df, Path(out).with_suffix(""), x=x,
                       title=f"Slimming single stages by x{ratio} (nonuniform US-Net)")

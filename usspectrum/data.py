@@ -8,6 +8,7 @@ Two on-disk layouts are read: an ImageFolder root with ``train/`` and
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ try:  # deprecated in torchvision 0.29 (superseded by TorchCodec); PIL is the fa
 except ImportError:  # pragma: no cover - torchvision without image decoders
     _decode_image = None
 
-from .errors import USSpectrumError, UsageError
+from .errors import USSpectrumError, UsageError, note
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,11 +132,32 @@ def read_image(path: str) -> torch.Tensor:
                 return pixels
             if pixels.shape[0] == 1:  # greyscale: PIL's convert("RGB") repeats it
                 return pixels.repeat(3, 1, 1)
+    return TF.pil_to_tensor(open_rgb(path))
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def open_rgb(path: str) -> Image.Image:
+    """An image file as an 8-bit RGB PIL image, whatever mode Pillow opens
+    it in: palette, grey, alpha (dropped, as ``convert("RGB")`` does) and
+    CMYK as Pillow converts them; 16-bit grey scaled to 8 bits (Pillow's own
+    conversion clips it, turning most of the image white)."""
     with open(path, "rb") as f:
         image = Image.open(f)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return TF.pil_to_tensor(image)
+        image.load()
+    if image.mode in _SIXTEEN_BIT:
+        import numpy as np
+
+        wide = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if wide.max(initial=0) > 255 or image.mode != "I" else 1.0
+        image = Image.fromarray(np.clip(np.rint(wide / scale), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 _PNG_SIGNATURE = bytes([137, 80, 78, 71, 13, 10, 26, 10])
@@ -238,17 +260,39 @@ def open_split(root: str | os.PathLike, split: str, transform=None) -> Dataset:
     if (root / split).is_dir():
         try:
             loader = CheckedLoader(read_image if getattr(transform, "accepts_tensors", False)
-                                   else datasets.folder.default_loader)
+                                   else open_rgb)
             return datasets.ImageFolder(str(root / split), transform=transform, loader=loader)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise USSpectrumError(f"cannot read {root / split} as an ImageFolder: {exc}") from None
+        except (FileNotFoundError, RuntimeError, PermissionError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(" Supported ")[0]
+            raise USSpectrumError(f"cannot read {root / split} as an ImageFolder ({reason}); "
+                                  f"it needs one folder per class with image files in it, "
+                                  f"e.g. {root / split}/<class>/0001.jpg") from None
     cifar = _cifar_root(root)
     if cifar is not None:
-        return datasets.CIFAR10(str(cifar), train=split == "train", transform=transform,
-                                download=False)
+        return _cifar10(cifar, split, transform)
     raise UsageError(f"{root} has no {split}/ folder (ImageNet layout: {root}/train/<class>/*.jpg "
                      f"and {root}/val/<class>/*.jpg) and no cifar-10-batches-py/; "
                      "point --data at such a folder")
+
+
+def _cifar10(root: Path, split: str, transform) -> Dataset:
+    """torchvision's CIFAR-10 python batches, with failures named in one line
+    (torchvision's own advice, to download, does not apply offline)."""
+    folder = root / "cifar-10-batches-py"
+    try:
+        dataset = datasets.CIFAR10(str(root), train=split == "train", transform=transform,
+                                   download=False)
+    except Exception as exc:  # corrupt pickles, failed checksums, missing files
+        reason = (str(exc).splitlines() or [""])[0].split(". You can use")[0] or type(exc).__name__
+        raise USSpectrumError(f"cannot read the CIFAR-10 python batches in {folder} ({reason}); "
+                              "replace the folder with an intact extract of "
+                              "cifar-10-python.tar.gz, or point --data at an ImageFolder "
+                              "(usspectrum never downloads)") from None
+    if dataset.data.ndim != 4 or dataset.data.shape[1:] != (32, 32, 3):
+        raise USSpectrumError(f"the CIFAR-10 batches in {folder} hold images of shape "
+                              f"{tuple(dataset.data.shape[1:])}, not 32x32x3; replace the "
+                              "folder with an intact extract of cifar-10-python.tar.gz")
+    return dataset
 
 
 SKIP_HINT = "remove or replace the file, or pass --skip-bad-images to leave such files out"
@@ -327,9 +371,23 @@ def class_names(dataset: Dataset) -> list[str]:
     return list(getattr(base, "classes", []))
 
 
-def check_classes(dataset: Dataset, expected: Sequence[str] | None, where: str) -> None:
-    """Refuse data whose class list differs from the checkpoint's."""
+WORDNET_ID = re.compile(r"^n\d{8}$")
+
+
+def check_classes(dataset: Dataset, expected: Sequence[str] | None, where: str,
+                  outputs: int | None = None) -> None:
+    """Refuse data whose classes cannot be the checkpoint's: a class list
+    that differs from the one it records, or a class count that differs
+    from its ``outputs`` (its accuracy would mean nothing)."""
     found = class_names(dataset)
+    if outputs is not None and found and len(found) != outputs:
+        if outputs == 1000 and len(found) < 1000 and all(WORDNET_ID.match(c) for c in found):
+            raise USSpectrumError(
+                f"{where} holds {len(found)} ImageNet classes (WordNet ids) but the checkpoint "
+                "predicts all 1000; usspectrum does not map a subset of ImageNet's classes onto "
+                "its 1000 outputs: evaluate on a folder with all 1000 class folders")
+        raise USSpectrumError(f"{where} has {len(found)} classes but the checkpoint predicts "
+                              f"{outputs}; use the data set the model was trained on")
     if expected and found and list(expected) != found:
         extra = sorted(set(found) - set(expected))[:3]
         missing = sorted(set(expected) - set(found))[:3]
@@ -337,6 +395,21 @@ def check_classes(dataset: Dataset, expected: Sequence[str] | None, where: str) 
         raise USSpectrumError(f"the classes of {where} do not match the checkpoint's "
                               f"({len(found)} vs {len(expected)} classes; {detail}); "
                               "use the data set the model was trained on")
+
+
+def fitted_count(requested: int | None, default: int | None, available: int,
+                 option: str, what: str) -> int | None:
+    """How many images to draw: ``requested`` when the user set it (a
+    number above ``available`` is refused later, by :func:`seeded_subset`);
+    else ``default`` (``None``: all), lowered to ``available`` with a
+    one-line note when the split is smaller."""
+    if requested is not None:
+        return requested
+    if default is not None and default > available:
+        note(f"{option}: {what} has only {available} images, so all {available} are used "
+             f"(default {default})")
+        return available
+    return default
 
 
 def seeded_subset(dataset: Dataset, count: int | None, seed: int, what: str) -> Dataset:
@@ -377,9 +450,12 @@ CALIB_AUGMENTS = ("train", "none")
 
 def calibration_images(data: str | os.PathLike, spec: ImageSpec, count: int | None, seed: int,
                        augment: str = "train", expected_classes: Sequence[str] | None = None,
-                       indices: Sequence[int] | None = None, flip: bool = True) -> Dataset:
+                       indices: Sequence[int] | None = None, flip: bool = True,
+                       default: int | None = None, outputs: int | None = None) -> Dataset:
     """The training images BN statistics are calibrated on: ``count`` seeded
-    draws from ``data``'s train split (or exactly ``indices``).
+    draws from ``data``'s train split (or exactly ``indices``). With
+    ``count=None``: ``default`` images, or all when the split has fewer
+    (:func:`fitted_count`; all of them when ``default`` is None too).
 
     ``augment="train"`` (the default) gives each image the training
     augmentation, seeded per image so every run sees the same pixels. The
@@ -392,7 +468,9 @@ def calibration_images(data: str | os.PathLike, spec: ImageSpec, count: int | No
     check_calib_augment(augment)
     train = open_split(data, "train", train_transform(spec, flip) if augment == "train"
                        else eval_transform(spec))
-    check_classes(train, expected_classes, f"{data}/train")
+    check_classes(train, expected_classes, f"{data}/train", outputs)
+    if indices is None:
+        count = fitted_count(count, default, len(train), "--calib-images", f"{data}/train")
     subset = (Subset(train, list(indices)) if indices is not None
               else seeded_subset(train, count, seed, "--calib-images"))
     return SeededSamples(subset, seed) if augment == "train" else subset
@@ -407,11 +485,13 @@ def check_calib_augment(augment: str) -> None:
 
 def checkpoint_calibration_images(data: str | os.PathLike, meta: dict, count: int | None,
                                   seed: int, augment: str = "train",
-                                  indices: Sequence[int] | None = None) -> Dataset:
+                                  indices: Sequence[int] | None = None,
+                                  default: int | None = None) -> Dataset:
     """:func:`calibration_images` for a loaded checkpoint: its image spec,
-    class names and flips come from its ``meta``."""
+    class names, class count and flips come from its ``meta``."""
     return calibration_images(data, meta["image"], count, seed, augment, meta.get("class_names"),
-                              indices, flip=trained_with_flips(meta))
+                              indices, flip=trained_with_flips(meta), default=default,
+                              outputs=meta.get("num_outputs"))
 
 
 def trained_with_flips(meta: dict) -> bool:

@@ -69,7 +69,7 @@ def export_width(model: nn.Module, width: WidthLike, out: str | os.PathLike,
 
 
 def prepare_width(checkpoint: str | os.PathLike, width: WidthLike, data: str | os.PathLike | None,
-                  *, calib_images: int = 2000, calib_augment: str = "train", seed: int = 0,
+                  *, calib_images: int | None = None, calib_augment: str = "train", seed: int = 0,
                   batch_size: int = 200, workers: int | None = None,
                   allow_extrapolate: bool = False
                   ) -> tuple[nn.Module, str | None]:
@@ -91,6 +91,7 @@ def prepare_width(checkpoint: str | os.PathLike, width: WidthLike, data: str | o
         return model, (f"width {config} has no calibrated BN statistics in {checkpoint}; the "
                        "export uses the training-time running statistics. Pass --data to "
                        "calibrate it first")
-    subset = checkpoint_calibration_images(data, model.meta, calib_images, seed, calib_augment)
+    subset = checkpoint_calibration_images(data, model.meta, calib_images, seed, calib_augment,
+                                           default=2000)
     calibrate(model, make_loader(subset, batch_size, workers), [config])
     return model, None

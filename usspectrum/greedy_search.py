@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 from .allocator import keep_freed_memory
 from .checkpoint import load_checkpoint
 from .data import (check_calib_augment, check_classes, checkpoint_calibration_images,
-                   eval_transform, make_loader, open_split)
+                   eval_transform, fitted_count, make_loader, open_split)
 from .dense import to_dense
-from .errors import USSpectrumError, UsageError
+from .errors import UsageError
 from .flops import FlopCounter
+from .identity import check_resume, data_identity
 from .layers import slim_batchnorms
 from .results import RowWriter
 from .shared_prefix import SharedPrefixCalibrator, evaluate_shared
@@ -49,7 +50,12 @@ from .width import WidthConfig, format_ratio, parse_width_list
 GRANULARITIES = ("stage", "layer")
 COLUMNS = ["step", "group", "config", "mflops", "params_m", "top1", "loss", "candidates",
            "seconds", "granularity", "step_ratio", "per_flop", "search_images",
-           "calib_images", "calib_augment", "seed", "fingerprint"]
+           "calib_images", "calib_augment", "seed", "fingerprint", "data"]
+DEFAULT_SEARCH_IMAGES, DEFAULT_CALIB_IMAGES = 2000, 1000
+OPTIONS = {"granularity": "--granularity", "step_ratio": "--step", "per_flop": "--per-flop",
+           "search_images": "--search-images", "calib_images": "--calib-images",
+           "calib_augment": "--calib-augment", "seed": "--seed",
+           "fingerprint": "checkpoint fingerprint", "data": "data"}
 _TOL = 1e-6
 
 
@@ -60,8 +66,8 @@ class SearchSettings:
     granularity: str = "stage"
     step: float = 0.05
     per_flop: bool = False
-    search_images: int = 2000
-    calib_images: int = 1000
+    search_images: int | None = None  # None: 2000, fewer on a small train/ (with a note)
+    calib_images: int | None = None  # None: 1000, fewer on a small train/ (with a note)
     calib_augment: str = "train"
     batch_size: int = 200
     seed: int = 0
@@ -76,7 +82,7 @@ class SearchSettings:
         if not 0 < self.step < 1:
             raise UsageError(f"--step must be a ratio in (0, 1), such as 0.05; got {self.step}")
         for name in ("search_images", "calib_images", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
 
 
@@ -89,6 +95,22 @@ def search_groups(model: nn.Module, granularity: str) -> list[tuple[str, list[in
     for i, slot in enumerate(model.slots):
         stages.setdefault(slot.stage, []).append(i)
     return [("stem" if s == 0 else f"stage {s}", idx) for s, idx in sorted(stages.items())]
+
+
+def held_out_counts(size: int, calib: int | None, search: int | None,
+                    where: str = "train/") -> tuple[int, int]:
+    """(calibration, search) image counts: those set, the defaults for the
+    others, lowered to fit a small split (a third for calibration, the rest
+    for the search) with a note."""
+    if calib is None:
+        wanted = DEFAULT_CALIB_IMAGES if search is None else min(DEFAULT_CALIB_IMAGES,
+                                                                 max(1, size - search))
+        calib = fitted_count(None, wanted, max(1, size // 3) if search is None else wanted,
+                             "--calib-images", where)
+    if search is None:
+        search = fitted_count(None, DEFAULT_SEARCH_IMAGES, max(1, size - calib),
+                              "--search-images", where)
+    return calib, search
 
 
 def held_out_indices(size: int, calib: int, search: int, seed: int) -> tuple[list[int], list[int]]:
@@ -148,7 +170,8 @@ def check_budgets(counter: FlopCounter, model: nn.Module, budgets: Sequence[floa
 
 def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
            out: str | os.PathLike, settings: SearchSettings | None = None,
-           budgets: Sequence[float] = (), **overrides) -> pd.DataFrame:
+           budgets: Sequence[float] = (), overwrite: bool = False,
+           **overrides) -> pd.DataFrame:
     """Run (or resume) the greedy path of ``checkpoint``; one CSV row per step
     in ``out``, written as it is measured. Stops at the model's smallest
     width, or once below the smallest of ``budgets`` (MFLOPs). Returns the path."""
@@ -166,19 +189,21 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     if budgets:
         check_budgets(counter, model, budgets)
     fingerprint = model.meta.get("fingerprint", "")
-    writer = RowWriter(out, COLUMNS, required=("config", "fingerprint"))
+    train = open_split(data, "train", eval_transform(spec))
+    check_classes(train, model.meta.get("class_names"), f"{data}/train",
+                  model.meta.get("num_outputs"))
+    calib_count, search_count = held_out_counts(len(train), settings.calib_images,
+                                                settings.search_images, f"{data}/train")
+    if overwrite:
+        Path(out).unlink(missing_ok=True)
+    writer = RowWriter(out, COLUMNS, required=("config", "fingerprint"),
+                       numeric=("step", "mflops", "top1"))
     done = writer.existing()
     fixed = {"granularity": settings.granularity, "step_ratio": settings.step,
-             "per_flop": settings.per_flop, "search_images": settings.search_images,
-             "calib_images": settings.calib_images, "calib_augment": settings.calib_augment,
-             "seed": settings.seed, "fingerprint": fingerprint}
-    if len(done):
-        first = done.iloc[0]
-        differ = [k for k, v in fixed.items() if str(first.get(k)) != str(v)]
-        if differ:
-            raise USSpectrumError(f"{out} holds a search with other settings or another "
-                                  f"checkpoint ({', '.join(differ)}); choose another -o or "
-                                  "the same options")
+             "per_flop": settings.per_flop, "search_images": search_count,
+             "calib_images": calib_count, "calib_augment": settings.calib_augment,
+             "seed": settings.seed, "fingerprint": fingerprint, "data": data_identity(data)}
+    check_resume(done, fixed, out, OPTIONS)
 
     groups = search_groups(model, settings.granularity)
     ratios = [hi] * len(model.slots)
@@ -190,10 +215,8 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         if _finished(model, ratios, groups, settings, lo, budgets, float(last["mflops"])):
             return writer.existing()
 
-    train = open_split(data, "train", eval_transform(spec))
-    check_classes(train, model.meta.get("class_names"), f"{data}/train")
-    calib_idx, search_idx = held_out_indices(len(train), settings.calib_images,
-                                             settings.search_images, settings.seed)
+    calib_idx, search_idx = held_out_indices(len(train), calib_count, search_count,
+                                             settings.seed)
     calib = _InMemory(checkpoint_calibration_images(data, model.meta, None, settings.seed,
                                                     settings.calib_augment, calib_idx),
                       settings.batch_size, settings.workers, "calibration images",

@@ -27,13 +27,14 @@ from .calibration import (Calibrator, DenseCalibrator, average_across_processes,
                           is_calibrated, set_bn_stats)
 from .checkpoint import load_checkpoint
 from .data import (check_calib_augment, check_classes, checkpoint_calibration_images,
-                   eval_transform, make_loader, open_split, seeded_subset, warn_skipped,
-                   without_bad_images)
+                   eval_transform, fitted_count, make_loader, open_split, seeded_subset,
+                   warn_skipped, without_bad_images)
 from .dense import to_dense
 from .distributed import BatchShard, Context, barrier, context, on_main, shard_indices, sum_counts
-from .errors import UsageError, USSpectrumError
+from .errors import UsageError
 from .evaluate import Accuracy, SlicedAtWidth, evaluate_nets
 from .flops import FlopCounter
+from .identity import check_resume, data_identity
 from .latency import measure_speed
 from .models import model_defaults
 from .passstate import PassState, state_path
@@ -43,7 +44,13 @@ from .width import WidthConfig, WidthLike, format_ratio, parse_width_list
 COLUMNS = ["model", "arch", "kind", "width", "mflops", "params_m", "top1", "top5",
            "calib_images", "calib_augment", "eval_images", "bn", "seconds", "load_seconds",
            "calib_seconds", "eval_seconds", "latency_ms", "throughput", "image_size", "seed",
-           "skipped_images", "checkpoint", "fingerprint"]
+           "skipped_images", "checkpoint", "fingerprint", "data"]
+DEFAULT_CALIB_IMAGES = 2000
+# the option that sets each recorded column, for resume errors
+OPTIONS = {"fingerprint": "checkpoint fingerprint", "data": "data", "seed": "--seed",
+           "image_size": "image size", "eval_images": "--eval-images",
+           "calib_images": "--calib-images", "calib_augment": "--calib-augment",
+           "bn": "--calibration (BN statistics)"}
 CALIBRATION_MODES = ("auto", "always", "never")
 _TOL = 1e-9
 
@@ -54,6 +61,8 @@ class SweepSettings:
 
     ``calib_augment``: ``train`` calibrates on augmented training images
     (see :func:`usspectrum.data.calibration_images`), ``none`` on plain ones.
+    ``calib_images`` / ``eval_images``: ``None`` takes 2,000 calibration
+    images / all of val/, fewer when the split has fewer (with a note).
     ``calibration``: ``auto`` calibrates widths without stored statistics,
     ``always`` recalibrates every width, ``never`` uses what the model has
     (stored statistics, else the training-time running statistics).
@@ -63,7 +72,7 @@ class SweepSettings:
     latency and batch-64 throughput. ``save_every``: seconds between saves
     of an unfinished pass."""
 
-    calib_images: int = 2000
+    calib_images: int | None = None  # None: DEFAULT_CALIB_IMAGES, or all if train/ has fewer
     calib_augment: str = "train"
     eval_images: int | None = None
     batch_size: int = 200
@@ -137,9 +146,10 @@ def resolve_widths(model: nn.Module, widths: Sequence[WidthLike] | str | None,
 def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
           widths: Sequence[WidthLike] | str | None = None, out: str | os.PathLike | None = None,
           settings: SweepSettings | None = None, label: str | None = None,
-          **overrides) -> pd.DataFrame:
+          overwrite: bool = False, **overrides) -> pd.DataFrame:
     """Measure ``checkpoint`` at every width; returns a DataFrame with
-    :data:`COLUMNS` (including rows resumed from ``out``)."""
+    :data:`COLUMNS` (including rows resumed from ``out``, which must have
+    been measured the same way; ``overwrite`` measures them again)."""
     settings = dataclasses.replace(settings or SweepSettings(), **overrides)
     keep_freed_memory()
     ctx = context(settings.device)
@@ -150,12 +160,22 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     configs = resolve_widths(model, widths, settings.allow_extrapolate)
     spec = meta["image"]
     label = label or (Path(meta["path"]).stem if meta.get("path") else model.arch["name"])
+    data_id = data_identity(data)
+    val = open_split(data, "val", eval_transform(spec))
+    check_classes(val, meta.get("class_names"), f"{data}/val", meta.get("num_outputs"))
+    eval_count = fitted_count(settings.eval_images, None, len(val), "--eval-images", f"{data}/val")
+    val = seeded_subset(val, eval_count, settings.seed, "--eval-images")
 
     # only rank 0 touches the CSV; the others learn from it what is left to do
     def open_results():
-        writer = RowWriter(out, COLUMNS) if out is not None else None
-        return writer, (_resumable_rows(writer, meta, settings) if writer
-                        else pd.DataFrame(columns=COLUMNS))
+        if out is not None and overwrite and ctx.is_main:
+            Path(out).unlink(missing_ok=True)
+            state_path(out).unlink(missing_ok=True)
+        writer = (RowWriter(out, COLUMNS, numeric=("mflops", "top1", "top5"))
+                  if out is not None else None)
+        done = writer.existing() if writer else pd.DataFrame(columns=COLUMNS)
+        _check_resume(done, writer, model, configs, settings, data_id, len(val), data)
+        return writer, done[[c for c in COLUMNS if c in done.columns]]
 
     writer, done = on_main(open_results, ctx)
     writer = writer if ctx.is_main else None
@@ -163,19 +183,14 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
 
     rows: list[dict] = []
     if todo:
-        transform = eval_transform(spec)
-        val = open_split(data, "val", transform)
-        check_classes(val, meta.get("class_names"), f"{data}/val")
-        val = seeded_subset(val, settings.eval_images, settings.seed, "--eval-images")
         skipped: list[str] = []
         if settings.skip_bad_images:
             val, skipped = without_bad_images(val, "val images", settings.progress and ctx.is_main)
-        needs_calibration = settings.calibration == "always" or (
-            settings.calibration == "auto" and not all(is_calibrated(model, c) for c in todo))
         calib = None
-        if needs_calibration:
+        if any(_bn_source(model, c, settings.calibration) == "calibrated" for c in todo):
             calib = checkpoint_calibration_images(data, meta, settings.calib_images, settings.seed,
-                                                  settings.calib_augment)
+                                                  settings.calib_augment,
+                                                  default=DEFAULT_CALIB_IMAGES)
             if settings.skip_bad_images:
                 calib, bad = without_bad_images(calib, "calibration images",
                                                 settings.progress and ctx.is_main)
@@ -186,7 +201,7 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         base = {"model": label, "arch": model.arch["name"], "kind": model.kind,
                 "image_size": spec.image_size, "seed": settings.seed,
                 "checkpoint": meta.get("path", ""), "fingerprint": meta.get("fingerprint", ""),
-                "eval_images": len(val), "skipped_images": len(skipped)}
+                "eval_images": len(val), "skipped_images": len(skipped), "data": data_id}
         step = settings.widths_per_pass or len(todo)
         bar = tqdm(total=len(todo), desc=f"sweep {label}", unit="width",
                    disable=not (settings.progress and ctx.is_main), leave=True)
@@ -211,6 +226,51 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     order = {str(c): i for i, c in enumerate(configs)}
     result = result[result["width"].astype(str).isin(order)]
     return result.sort_values("width", key=lambda s: s.astype(str).map(order)).reset_index(drop=True)
+
+
+def check_data_fits(model: nn.Module, data: str | os.PathLike) -> None:
+    """Refuse ``data`` whose classes cannot be ``model``'s (see
+    :func:`usspectrum.data.check_classes`), before any work."""
+    val = open_split(data, "val")
+    check_classes(val, model.meta.get("class_names"), f"{data}/val",
+                  model.meta.get("num_outputs"))
+
+
+def _bn_source(model: nn.Module, config: WidthConfig, mode: str) -> str:
+    """Where the BN statistics of ``config`` come from under ``--calibration mode``."""
+    if mode == "always" or (mode == "auto" and not is_calibrated(model, config)):
+        return "calibrated"
+    return "stored" if is_calibrated(model, config) else "running"
+
+
+def _check_resume(done: pd.DataFrame, writer, model, configs, settings: SweepSettings,
+                  data_id: str, eval_count: int, data) -> None:
+    """Refuse rows of ``done`` measured otherwise than this sweep would
+    measure them (checkpoint, data, seed, image size, evaluation images,
+    BN source, and for calibrated rows the calibration images)."""
+    if not len(done):
+        return
+    meta = model.meta
+    check_resume(done, {"fingerprint": meta.get("fingerprint", ""), "data": data_id,
+                        "seed": settings.seed, "image_size": meta["image"].image_size},
+                 writer.path, OPTIONS)
+    if not settings.skip_bad_images:  # skipped files lower the count
+        check_resume(done, {"eval_images": eval_count}, writer.path, OPTIONS)
+    wanted = {str(c): _bn_source(model, c, settings.calibration) for c in configs}
+    rows = done[done["width"].astype(str).isin(wanted)]
+    for source in set(wanted.values()):
+        same = rows[rows["width"].astype(str).map(wanted) == source]
+        check_resume(same, {"bn": source}, writer.path, OPTIONS)
+    calibrated = rows[rows["bn"].astype(str) == "calibrated"]
+    if "calib_augment" not in calibrated.columns:  # written before the option: plain images
+        calibrated = calibrated.assign(calib_augment="none")
+    if len(calibrated):
+        train_count = len(open_split(data, "train"))
+        calib_count = settings.calib_images or min(DEFAULT_CALIB_IMAGES, train_count)
+        expected = {"calib_augment": settings.calib_augment}
+        if not settings.skip_bad_images:
+            expected["calib_images"] = calib_count
+        check_resume(calibrated, expected, writer.path, OPTIONS)
 
 
 def _signature(chunk, settings: SweepSettings, meta: dict, calib, val) -> dict:
@@ -360,29 +420,3 @@ def _progress(loader, bar, what: str, done: int = 0):
         if not bar.disable:
             bar.set_postfix_str(f"{what}: batch {i}/{total}", refresh=True)
         yield batch
-
-
-def _resumable_rows(writer: RowWriter, meta: dict, settings: SweepSettings) -> pd.DataFrame:
-    done = writer.existing()
-    if not len(done):
-        return done
-    prints = set(done["fingerprint"].astype(str))
-    if prints != {meta.get("fingerprint", "")}:
-        raise USSpectrumError(f"{writer.path} holds results of another checkpoint "
-                              f"(fingerprint {sorted(prints)[0]}); choose another output or delete it")
-    if "seed" in done.columns and set(done["seed"]) != {settings.seed}:
-        raise USSpectrumError(f"{writer.path} was measured with another --seed; rerun with "
-                              "the same settings or choose another output")
-    calibrated = done[done["bn"].astype(str) == "calibrated"] if "bn" in done.columns else done
-    if len(calibrated):
-        # rows from before the column existed were calibrated on plain images
-        used = set(calibrated.get("calib_augment", pd.Series(dtype=object)).fillna("none")
-                   .astype(str)) or {"none"}
-        if used != {settings.calib_augment}:
-            raise USSpectrumError(f"{writer.path} was calibrated with --calib-augment "
-                                  f"{sorted(used)[0]}; rerun with it or choose another output")
-    if settings.eval_images is not None and "eval_images" in done.columns \
-            and set(done["eval_images"]) != {settings.eval_images}:
-        raise USSpectrumError(f"{writer.path} was measured on {sorted(set(done['eval_images']))} "
-                              "evaluation images; rerun with the same --eval-images or choose another output")
-    return done[[c for c in COLUMNS if c in done.columns]]

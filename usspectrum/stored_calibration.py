@@ -18,7 +18,7 @@ from .spectrum import resolve_widths
 
 
 def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
-                         calib_images: int = 2000, calib_augment: str = "train", seed: int = 0,
+                         calib_images: int | None = None, calib_augment: str = "train", seed: int = 0,
                          batch_size: int = 200, workers: int | None = None, device: str = "cpu",
                          allow_extrapolate: bool = False, progress: bool = True,
                          skip_bad_images: bool = False) -> list[str]:
@@ -28,7 +28,8 @@ def calibrate_checkpoint(checkpoint: str, data: str, widths, out: str, *,
     on_main(lambda: ensure_writable(out), ctx)
     model = load_checkpoint(checkpoint, device=device)
     configs = resolve_widths(model, widths, allow_extrapolate)
-    subset = checkpoint_calibration_images(data, model.meta, calib_images, seed, calib_augment)
+    subset = checkpoint_calibration_images(data, model.meta, calib_images, seed, calib_augment,
+                                           default=2000)
     skipped: list[str] = []
     if skip_bad_images:
         subset, skipped = without_bad_images(subset, "calibration images", progress and ctx.is_main)

@@ -33,8 +33,8 @@ from .allocator import keep_freed_memory
 from .calibration import calibrate, clear_bn_stats
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import (ImageSpec, SeededSamples, calibration_images, class_names, eval_transform,
-                   first_image_size, make_loader, open_split, seeded_subset, train_transform,
-                   warn_skipped, without_bad_images)
+                   first_image_size, fitted_count, make_loader, open_split, seeded_subset,
+                   train_transform, warn_skipped, without_bad_images)
 from .distributed import (GlobalBatchShard, all_sum, barrier, check_world, context, local_device,
                           on_main)
 from .errors import USSpectrumError, UsageError
@@ -437,6 +437,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Train one model as ``config`` says; checkpoints after every epoch."""
     config = dataclasses.replace(config or TrainConfig(), **overrides).resolved()
     config.validate()
+    out = Path(config.out)
+    if config.resume and not out.exists() and not _progress_path(out).exists():
+        raise USSpectrumError(f"--resume: {out} does not exist yet; drop --resume to start")
     keep_freed_memory()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -456,10 +459,13 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         config.train_images, config.seed, "--train-images"))
     val_set = open_split(config.data, "val", eval_transform(spec))
     if config.val_images is not None:
-        val_set = seeded_subset(val_set, min(config.val_images, len(val_set)), config.seed,
-                                "--val-images")
-    calib_set = calibration_images(config.data, spec, min(config.calib_images, len(raw_train)),
-                                   config.seed + 1, flip=config.flip)
+        count = fitted_count(None, config.val_images, len(val_set), "--val-images",
+                             f"{config.data}/val")
+        val_set = seeded_subset(val_set, count, config.seed, "--val-images")
+    calib_count = fitted_count(None, config.calib_images, len(raw_train), "--calib-images",
+                               f"{config.data}/train")
+    calib_set = calibration_images(config.data, spec, calib_count, config.seed + 1,
+                                   flip=config.flip)
     skipped: list[str] = []
     if config.skip_bad_images:
         show = config.progress and ctx.is_main
@@ -505,7 +511,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     if config.resume:
         # every process reads the checkpoint (under torchrun --out must be on shared storage)
         if out.exists() or not progress.path.exists():
-            start_epoch = _restore(out, config, model, optimizer, scheduler, device)
+            start_epoch = _restore(out, config, model, optimizer, scheduler, device, classes)
         if ctx.is_main:
             _truncate_log(log_writer, start_epoch)
     elif ctx.is_main:
@@ -647,7 +653,8 @@ def _save(model, out, config, classes, spec, optimizer, scheduler, epochs_done, 
                     extra={"train_state": state})
 
 
-def _restore(out: Path, config: TrainConfig, model, optimizer, scheduler, device) -> int:
+def _restore(out: Path, config: TrainConfig, model, optimizer, scheduler, device,
+             classes: Sequence[str] = ()) -> int:
     if not out.exists():
         raise USSpectrumError(f"--resume: {out} does not exist yet; drop --resume to start")
     saved = read_checkpoint(out)
@@ -662,6 +669,11 @@ def _restore(out: Path, config: TrainConfig, model, optimizer, scheduler, device
         detail = ", ".join(f"{k}={theirs.get(k)!r} (now {ours[k]!r})" for k in differ[:4])
         raise UsageError(f"--resume: {out} was trained with another config: {detail}; "
                          "use the same options or another --out")
+    saved_classes = list(saved.get("class_names", []))
+    if classes and saved_classes and saved_classes != list(classes):
+        raise UsageError(f"--resume: {out} was trained on other classes ({len(saved_classes)} "
+                         f"vs {len(classes)} in {config.data}); use the same --data or another "
+                         "--out")
     model.load_state_dict(saved["state_dict"])
     model.to(device)
     optimizer.load_state_dict(state["optimizer"])
