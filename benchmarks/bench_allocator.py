@@ -1,4 +1,4 @@
-"""What keeping freed memory for reuse (usspectrum.allocator) buys.
+"""What keeping freed memory for reuse (usspectrum.runtime.allocator) buys.
 
 Runs the same work in child processes, alternately with glibc's default
 malloc settings (USSPECTRUM_KEEP_MEMORY=0) and with usspectrum's, and
@@ -25,14 +25,14 @@ WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def worker(repeats: int) -> None:
-    from usspectrum.allocator import keep_freed_memory
+    from usspectrum.runtime.allocator import keep_freed_memory
 
     kept = keep_freed_memory()
     import torch
 
     import usspectrum
-    from usspectrum.calibration import BatchStats, DenseCalibrator
-    from usspectrum.dense import to_dense
+    from usspectrum.spectrum.calibration import BatchStats, DenseCalibrator
+    from usspectrum.nn.folding import to_dense
 
     torch.manual_seed(0)
     model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=10).eval()

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 import usspectrum
-from usspectrum.checkpoint import save_checkpoint
+from usspectrum.io.checkpoint import save_checkpoint
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import usspectrum
-from usspectrum.checkpoint import save_checkpoint
+from usspectrum.io.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10"

@@ -1,4 +1,4 @@
-"""What sharing prefixes (usspectrum.shared_prefix) buys one greedy-search step.
+"""What sharing prefixes (usspectrum.spectrum.prefix_tree) buys one greedy-search step.
 
 One step of the layer-granularity search on a checkpoint (default: the
 shipped CIFAR-10 nonuniform US-Net) at a given config: every candidate
@@ -7,7 +7,7 @@ evaluated on --search-images random images (the cost does not depend on
 the pixels), measured alternately
   - separately: DenseCalibrator + one dense copy per candidate, each over
     every batch (what the search did before), and
-  - shared: SharedPrefixCalibrator + evaluate_shared (the current config
+  - shared: DenseCalibrator(base=...) + evaluate(shares=...) (the current config
     runs once, each candidate from its first changed conv on).
 Prints the median seconds of each and their ratio.
 
@@ -23,15 +23,15 @@ import time
 
 import torch
 
-from usspectrum.allocator import keep_freed_memory
-from usspectrum.calibration import DenseCalibrator
-from usspectrum.checkpoint import load_checkpoint
-from usspectrum.dense import to_dense
-from usspectrum.evaluate import evaluate_nets
-from usspectrum.greedy_search import search_groups, slim_group
-from usspectrum.layers import slim_batchnorms
-from usspectrum.shared_prefix import SharedPrefixCalibrator, evaluate_shared
-from usspectrum.width import WidthConfig
+from usspectrum.runtime.allocator import keep_freed_memory
+from usspectrum.spectrum.calibration import DenseCalibrator
+from usspectrum.io.checkpoint import load_checkpoint
+from usspectrum.nn.folding import to_dense
+from usspectrum.spectrum.evaluate import evaluate_nets
+from usspectrum.spectrum.search import search_groups, slim_group
+from usspectrum.nn.layers import slim_batchnorms
+from usspectrum.spectrum.evaluate import evaluate
+from usspectrum.nn.width import WidthConfig
 
 
 def main() -> None:
@@ -70,10 +70,10 @@ def main() -> None:
         clear()
 
     def shared():
-        with SharedPrefixCalibrator(model, base, configs) as cal:
+        with DenseCalibrator(model, configs, base=base) as cal:
             for x in calib:
                 cal.update(x)
-        evaluate_shared(model, base, configs, held)
+        evaluate(model, held, [base, *configs], shares=base)
         clear()
 
     times = {"separately": [], "shared": []}

@@ -37,11 +37,11 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import usspectrum
-from usspectrum.allocator import keep_freed_memory
-from usspectrum.checkpoint import load_checkpoint, save_checkpoint
-from usspectrum.dense import to_dense
-from usspectrum.flops import FlopCounter
-from usspectrum.layers import SlimBatchNormBase, SlimConv2d, SlimLinear
+from usspectrum.runtime.allocator import keep_freed_memory
+from usspectrum.io.checkpoint import load_checkpoint, save_checkpoint
+from usspectrum.nn.folding import to_dense
+from usspectrum.spectrum.flops import FlopCounter
+from usspectrum.nn.layers import SlimBatchNormBase, SlimConv2d, SlimLinear
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
@@ -180,7 +180,7 @@ def decoding_section(data: Path, spec, images: int = 2000) -> None:
                 if spec.resize is not None else [transforms.Resize((spec.image_size,) * 2)])
     plain = datasets.ImageFolder(str(data / "val"), transform=transforms.Compose(
         geometry + [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]))
-    ours = usspectrum.data.open_split(data, "val", usspectrum.data.eval_transform(spec))
+    ours = usspectrum.io.data.open_split(data, "val", usspectrum.io.data.eval_transform(spec))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     try:
@@ -274,8 +274,8 @@ def main() -> None:
         model = load_checkpoint(ckpt).eval()
         size = model.meta["image"].image_size
         # calibrated statistics, so every path normalises with the same, sane numbers
-        loader = usspectrum.data.make_loader(usspectrum.data.seeded_subset(
-            usspectrum.data.open_split(data, "train", usspectrum.data.eval_transform(model.meta["image"])),
+        loader = usspectrum.io.data.make_loader(usspectrum.io.data.seeded_subset(
+            usspectrum.io.data.open_split(data, "train", usspectrum.io.data.eval_transform(model.meta["image"])),
             400, 0, "calib"), 200, args.workers)
         usspectrum.calibrate(model, loader, [0.25, 0.5, 0.75, 1.0])
         print(f"model: {model.arch['name']} {model.arch['kwargs']}")

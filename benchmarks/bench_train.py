@@ -10,7 +10,7 @@ Side by side in one process, rounds interleaved, medians printed:
   as ``usspectrum train`` runs it (``usspectrum.train``, DataLoader decoding
   and augmentation included; images/s of its training loop);
 - the project's individual and US steps on the old path (NCHW, generic
-  convolutions: :func:`usspectrum.kernels.disabled`) on the same in-memory
+  convolutions: :func:`usspectrum.nn.kernels.disabled`) on the same in-memory
   batches, to show what the training kernels and channels-last buy.
 
 It then prints the ratios to the plain net and the fraction of this CPU's
@@ -29,16 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
 import usspectrum
-from usspectrum import kernels
-from usspectrum.allocator import keep_freed_memory
-from usspectrum.data import ImageSpec, make_loader, open_split, seeded_subset, train_transform
-from usspectrum.flops import count_flops
-from usspectrum.training import SandwichSampler, individual_step, param_groups, us_step
+from usspectrum.nn import kernels
+from usspectrum.runtime.allocator import keep_freed_memory
+from usspectrum.io.data import ImageSpec, make_loader, open_split, seeded_subset, train_transform
+from usspectrum.spectrum.flops import count_flops
+from usspectrum.training.steps import SandwichSampler, local_step, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2))
@@ -93,9 +92,9 @@ def old_path_rate(kind: str, batches: list) -> float:
     def step(images, labels):
         optimizer.zero_grad(set_to_none=True)
         if kind == "us":
-            us_step(model, images, labels, sampler.draw(), criterion, True)
+            local_step(model, "us", images, labels, criterion, sampler.draw(), True)
         else:
-            individual_step(model, images, labels, criterion)
+            local_step(model, "individual", images, labels, criterion)
         optimizer.step()
     with kernels.disabled():
         return in_memory_rate(step, batches)

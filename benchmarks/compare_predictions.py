@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from usspectrum.allocator import keep_freed_memory
-from usspectrum.calibration import Calibrator, calibrate
-from usspectrum.checkpoint import load_checkpoint
-from usspectrum.data import eval_transform, make_loader, open_split, seeded_subset
-from usspectrum.dense import to_dense
-from usspectrum.width import parse_width_list
+from usspectrum.runtime.allocator import keep_freed_memory
+from usspectrum.spectrum.calibration import Calibrator, calibrate
+from usspectrum.io.checkpoint import load_checkpoint
+from usspectrum.io.data import eval_transform, make_loader, open_split, seeded_subset
+from usspectrum.nn.folding import to_dense
+from usspectrum.nn.width import parse_width_list
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 

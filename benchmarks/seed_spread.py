@@ -19,7 +19,7 @@ import torch
 
 import usspectrum
 from usspectrum.demo import demo_recipe
-from usspectrum.spectrum import SweepSettings
+from usspectrum.spectrum.sweep import SweepSettings
 
 WIDTHS = "0.25,0.5,1.0"
 

@@ -55,9 +55,9 @@ from pathlib import Path
 import pandas as pd
 
 from usspectrum import SweepSettings, TrainConfig, sweep, train
-from usspectrum.checkpoint import compact_checkpoint
-from usspectrum.compare import compare, slim_stage
-from usspectrum.results import write_table
+from usspectrum.io.checkpoint import compact_checkpoint
+from usspectrum.spectrum.compare import compare, slim_stage
+from usspectrum.io.results import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -199,7 +199,7 @@ def table1(paths: dict[str, Path], data: str, out: Path, settings: SweepSettings
     return table
 
 
-def figures(args: argparse.Namespace, models: dict[str, Path], out: Path) -> None:
+def figures(args: argparse.Namespace, models: dict[str, Path], out: Path) -> pd.DataFrame:
     """Figure 2, Figure 1 and Table 1 of ``models`` into ``out``: every width
     of every model calibrated on the same 2,000 training images and
     evaluated on all of val/."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from usspectrum.layers import SwitchableBatchNorm2d, USBatchNorm2d
+from usspectrum.nn.layers import SwitchableBatchNorm2d, USBatchNorm2d
 
 
 def randomize_bn(model):

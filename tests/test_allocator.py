@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(
 
 PROBE = """
 import resource, torch
-from usspectrum.allocator import keep_freed_memory
+from usspectrum.runtime.allocator import keep_freed_memory
 kept = keep_freed_memory()
 x = torch.ones(16 << 20)  # 64 MiB, above glibc's largest automatic mmap threshold
 def faults():

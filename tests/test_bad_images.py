@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 import usspectrum
-from usspectrum.checkpoint import save_checkpoint
+from usspectrum.io.checkpoint import save_checkpoint
 from usspectrum.cli import cli
-from usspectrum.data import BadImageError, CheckedLoader, read_image
+from usspectrum.io.data import BadImageError, CheckedLoader, read_image
 
 from helpers import CLASSES, make_image_folder
 
@@ -48,7 +48,7 @@ def test_the_files_really_are_unreadable(tmp_path):
 def test_error_from_a_worker_is_cut_to_its_own_line():
     rebuilt = BadImageError("Caught BadImageError in DataLoader worker process 0.\n"
                             "Original Traceback (most recent call last):\n  File x\n"
-                            "usspectrum.data.BadImageError: cannot read image /d/a.jpg (bad)\n")
+                            "usspectrum.io.data.BadImageError: cannot read image /d/a.jpg (bad)\n")
     assert str(rebuilt) == "cannot read image /d/a.jpg (bad)"
 
 

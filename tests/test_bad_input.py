@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 import usspectrum
-from usspectrum.checkpoint import save_checkpoint
+from usspectrum.io.checkpoint import save_checkpoint
 from usspectrum.cli import cli
-from usspectrum.data import ImageSpec, open_rgb, read_image
+from usspectrum.io.data import ImageSpec, open_rgb, read_image
 
 from helpers import CLASSES, make_image_folder
 
@@ -208,7 +208,7 @@ def test_damaged_csv_resumes_keeping_whole_rows(setup, damage):
         assert again["seconds"].iloc[0] == whole["seconds"].iloc[0]
 
 
-DISPLAY_TOP1 = usspectrum.spectrum.COLUMNS.index("top1")
+DISPLAY_TOP1 = usspectrum.spectrum.sweep.COLUMNS.index("top1")
 
 
 @pytest.mark.parametrize("content", [b"name,score\nx,1\n", b"\x89PNG\r\n\x1a\n\x00\x00garbage"])
@@ -309,7 +309,7 @@ def test_data_that_cannot_be_read_is_one_line(setup, broken, needle, command):
 
 
 def test_cifar_error_gives_no_download_advice(tmp_path):
-    from usspectrum.data import open_split
+    from usspectrum.io.data import open_split
 
     with pytest.raises(usspectrum.USSpectrumError) as caught:
         open_split(_broken_cifar(tmp_path / "c"), "val")
@@ -410,3 +410,24 @@ def test_resuming_training_on_other_classes_is_refused(tmp_path):
     before = snapshot(tmp_path / "m.pt", tmp_path / "m-log.csv")
     assert_one_line_error(run(*args, "--data", other, "--resume"), "other classes", code=2)
     assert snapshot(tmp_path / "m.pt", tmp_path / "m-log.csv") == before
+
+
+@pytest.mark.parametrize("command,target,needle", [
+    ("sweep", "usspectrum.cli.measure.run_sweep", "finished rows are kept in"),
+    ("compare", "usspectrum.cli.measure.run_compare", "finished rows are kept in"),
+    ("train", "usspectrum.cli.train.run_train", "rerun with --resume"),
+    ("search", "usspectrum.cli.slim.run_search", "finished steps are kept in"),
+])
+def test_ctrl_c_is_one_line_naming_what_was_kept(setup, monkeypatch, command, target, needle):
+    tmp, data, ckpt = setup
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupt)
+    args = {"sweep": ["sweep", ckpt, "--data", data],
+            "compare": ["compare", ckpt, "--data", data],
+            "train": ["train", "--kind", "us", "--data", data, "-o", tmp / "m.pt"],
+            "search": ["search", ckpt, "--data", data]}[command]
+    line = assert_one_line_error(run(*args), needle, code=1)
+    assert line.startswith("Error: interrupted;")

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import usspectrum
-from usspectrum.calibration import (BatchStats, Calibrator, DenseCalibrator, batch_moments, calibrate,
+from usspectrum.spectrum.calibration import (BatchStats, Calibrator, DenseCalibrator, batch_moments, calibrate,
                                     get_bn_stats, is_calibrated)
-from usspectrum.checkpoint import load_checkpoint, save_checkpoint
+from usspectrum.io.checkpoint import load_checkpoint, save_checkpoint
 
 from helpers import CLASSES, make_image_folder, randomize_bn
 
@@ -93,7 +93,7 @@ def test_same_seed_gives_identical_statistics(tmp_path):
 
 
 def test_calibration_images_are_augmented_reproducibly_or_plain_on_request(tmp_path):
-    from usspectrum.data import ImageSpec, calibration_images, eval_transform, open_split
+    from usspectrum.io.data import ImageSpec, calibration_images, eval_transform, open_split
     from usspectrum.errors import UsageError
 
     data = make_image_folder(tmp_path / "data", per_class=4)
@@ -121,7 +121,7 @@ def test_calibration_images_are_augmented_reproducibly_or_plain_on_request(tmp_p
 def test_calibration_flips_only_images_of_models_trained_with_flips(tmp_path):
     from torchvision import transforms
 
-    from usspectrum.data import ImageSpec, calibration_images, trained_with_flips
+    from usspectrum.io.data import ImageSpec, calibration_images, trained_with_flips
 
     assert trained_with_flips({}) is True  # the authors' release says nothing: ImageNet flips
     assert trained_with_flips({"train": {"recipe": {"flip": False}}}) is False

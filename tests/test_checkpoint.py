@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import usspectrum
-from usspectrum.calibration import is_calibrated
-from usspectrum.checkpoint import load_checkpoint, save_checkpoint
+from usspectrum.spectrum.calibration import is_calibrated
+from usspectrum.io.checkpoint import load_checkpoint, save_checkpoint
 from usspectrum.errors import USSpectrumError
-from usspectrum.layers import slim_batchnorms
+from usspectrum.nn.layers import slim_batchnorms
 
 from helpers import bn_sizes, dense_copy, hand_channels, randomize_bn
 
@@ -72,7 +72,7 @@ def test_release_snet_checkpoint(tmp_path):
 def test_own_format_round_trip_keeps_metadata_and_bn_stats(tmp_path):
     model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=3).eval()
     randomize_bn(model)
-    with usspectrum.calibration.Calibrator(model, [0.5]) as cal:
+    with usspectrum.spectrum.calibration.Calibrator(model, [0.5]) as cal:
         cal.update(torch.randn(8, 3, 32, 32))
     save_checkpoint(model, tmp_path / "m.pt", class_names=["a", "b", "c"],
                     train={"epochs": 3, "seed": 7})
@@ -132,7 +132,7 @@ def test_missing_and_corrupt_files(tmp_path):
 
 
 def test_compact_checkpoint_is_half_size_and_loads_as_float32(tmp_path):
-    from usspectrum.checkpoint import compact_checkpoint
+    from usspectrum.io.checkpoint import compact_checkpoint
 
     model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=10).eval()
     randomize_bn(model)
@@ -159,7 +159,7 @@ def test_compact_checkpoint_is_half_size_and_loads_as_float32(tmp_path):
 
 
 def test_compact_refuses_other_formats(tmp_path):
-    from usspectrum.checkpoint import compact_checkpoint
+    from usspectrum.io.checkpoint import compact_checkpoint
 
     torch.save({"model": {"a": torch.zeros(1)}}, tmp_path / "r.pt")
     with pytest.raises(USSpectrumError, match="not a usspectrum checkpoint"):

@@ -29,10 +29,17 @@ def test_flops_stage_option_adds_rows(tmp_path):
     assert (df.image_size == 32).all()
 
 
-def test_flops_json():
-    result = run("flops", "--widths", "1.0", "--json", "--image-size", "160")
+def test_flops_json_at_another_input_size():
+    import json
+
+    result = run("flops", "--widths", "0.75,1.0", "--json", "--image-size", "160")
     assert result.exit_code == 0
-    assert '"image_size": 160' in result.output
+    rows = json.loads(result.output)
+    assert [r["image_size"] for r in rows] == [160, 160]
+    # the MobileNet paper's Table 7: 1.0 MobileNet-160 has 290 million mult-adds
+    # (Table 6's 0.75 at 224 is 325M; at 160 it scales with the pixels, 325 * (160/224)^2)
+    assert abs(rows[1]["mflops"] - 290) < 1
+    assert abs(rows[0]["mflops"] - 325 * (160 / 224) ** 2) < 3
 
 
 @pytest.mark.parametrize("args, needle", [

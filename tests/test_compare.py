@@ -4,9 +4,9 @@ import pytest
 from click.testing import CliRunner
 
 import usspectrum
-from usspectrum.checkpoint import save_checkpoint
+from usspectrum.io.checkpoint import save_checkpoint
 from usspectrum.cli import cli
-from usspectrum.compare import compare, slim_stage
+from usspectrum.spectrum.compare import compare, slim_stage
 from usspectrum.errors import USSpectrumError
 
 from helpers import CLASSES, make_image_folder
@@ -86,9 +86,26 @@ def test_demo_writes_both_figures(tmp_path):
     from usspectrum.demo import run_demo
 
     results = run_demo(tmp_path / "demo", epochs=1, progress=False)
-    compare_df = pd.read_csv(tmp_path / "demo" / "compare.csv")
+    compare_df = pd.read_csv(tmp_path / "demo" / "compare.csv", dtype={"width": str})
     assert compare_df.model.nunique() == 3 and len(compare_df) == 3 * 16
-    assert len(results["slim_stage"]) == 7 * 4
+    # every model at the same 16 widths, 0.25:1.0:0.05, each BN-calibrated there
+    widths = [f"{0.25 + 0.05 * i:.2f}".rstrip("0") for i in range(16)]
+    for _, rows in compare_df.groupby("model"):
+        assert [float(w) for w in rows.width] == [float(w) for w in widths]
+        assert (rows.bn == "calibrated").all()
+        assert rows.mflops.is_monotonic_increasing
+    # the three share one architecture, so equal widths cost equal MFLOPs
+    assert compare_df.groupby("width").mflops.nunique().max() == 1
+    stage = results["slim_stage"]
+    assert len(stage) == 7 * 4
+    # slimming a stage on top of a width never costs more MFLOPs than the width
+    # alone, and less once the stage has channels to lose (from 0.5 up: 8 is the floor)
+    uniform = stage[~stage.width.astype(str).str.contains("@")].set_index("width").mflops
+    for _, row in stage[stage.width.astype(str).str.contains("@")].iterrows():
+        width = row.width.split("@")[0]
+        assert row.mflops <= uniform[width]
+        if float(width) >= 0.5:
+            assert row.mflops < uniform[width], row.width
     for name in ("compare", "slim-stage"):
         assert (tmp_path / "demo" / f"{name}.png").exists()
         assert (tmp_path / "demo" / f"{name}.svg").exists()

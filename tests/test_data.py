@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
-from usspectrum.data import ImageSpec, eval_transform, open_split, read_image
+from usspectrum.io.data import ImageSpec, eval_transform, open_split, read_image
 
 
 def reference_transform(spec: ImageSpec) -> transforms.Compose:

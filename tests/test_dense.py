@@ -10,14 +10,14 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 import usspectrum
-import usspectrum.spectrum as spectrum
-from usspectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats
-from usspectrum.checkpoint import save_checkpoint
+import usspectrum.spectrum.sweep as spectrum
+from usspectrum.spectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats
+from usspectrum.io.checkpoint import save_checkpoint
 from usspectrum.cli import cli
-from usspectrum.dense import ConvClamp, to_dense
-from usspectrum.evaluate import evaluate
-from usspectrum.passstate import state_path
-from usspectrum.results import RowWriter
+from usspectrum.nn.folding import ConvClamp, to_dense
+from usspectrum.spectrum.evaluate import evaluate
+from usspectrum.spectrum.passstate import state_path
+from usspectrum.io.results import RowWriter
 
 from helpers import CLASSES, make_image_folder, randomize_bn
 
@@ -259,7 +259,7 @@ def test_export_loads_without_usspectrum_and_matches(setup, suffix, fmt):
                     str(tmp / "y.pt")], check=True, cwd=tmp)
     loaded = torch.load(tmp / "y.pt", weights_only=True)
     # the same statistics, calibrated the same way, in the sliced model
-    model, _ = usspectrum.export.prepare_width(ckpt, 0.6, data, calib_images=6)
+    model, _ = usspectrum.spectrum.calibrate.prepare_width(ckpt, 0.6, data, calib_images=6)
     model.set_width(0.6)
     with torch.no_grad():
         torch.testing.assert_close(loaded["y"], model(x), rtol=1e-4, atol=1e-5)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import usspectrum
-from usspectrum.calibration import get_bn_stats
-from usspectrum.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from usspectrum.distributed import BatchShard, Context, GlobalBatchShard, shard_indices
+from usspectrum.spectrum.calibration import get_bn_stats
+from usspectrum.io.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from usspectrum.runtime.distributed import BatchShard, Context, GlobalBatchShard, shard_indices
 
 from helpers import CLASSES, make_image_folder, randomize_bn
 
@@ -134,7 +134,7 @@ with open(f"{out}.widths-{rank}.json", "w") as fh:
 """
 
 
-@pytest.mark.parametrize("kind", ["us", "slimmable"])
+@pytest.mark.parametrize("kind", ["us", "slimmable", "individual"])
 def test_two_process_training_equals_one_process(tmp_path, kind):
     # 48 images in global batches of 25 and 23: shares of 13/12 and 12/11 images.
     # In float64: in float32, ReLU6 gates flipped by rounding noise make even two

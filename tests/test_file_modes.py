@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import usspectrum
-from usspectrum.export import export_width
-from usspectrum.plot import plot_spectrum
-from usspectrum.results import RowWriter, write_table
+from usspectrum.io.export import export_width
+from usspectrum.io.plot import plot_spectrum
+from usspectrum.io.results import RowWriter, write_table
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])

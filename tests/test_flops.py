@@ -113,7 +113,7 @@ def test_dense_trace_counts_like_the_sliced_trace(kind):
 @pytest.mark.parametrize("name, kw", [("us_mobilenet_v1", {}), ("us_mobilenet_v2", {}),
                                       ("us_mobilenet_v1", {"repeats": (1, 1, 2, 1, 1)})])
 def test_scaled_counts_equal_fvcore_traces(name, kw):
-    from usspectrum.flops import FlopCounter
+    from usspectrum.spectrum.flops import FlopCounter
 
     model = usspectrum.create_model(name, stem="cifar", num_classes=10, **kw)
     traced, scaled = FlopCounter(model, 32), FlopCounter(model, 32, scaled=True)

@@ -1,6 +1,6 @@
 """Package layout: no module of usspectrum imports, directly or through
 others, a module that imports it back (at any depth, function-level imports
-included)."""
+included), and the subpackages stand in layers that only import downwards."""
 import ast
 from pathlib import Path
 
@@ -63,5 +63,34 @@ def test_no_import_cycles_between_modules():
     graph = _graph()
     # the package root re-exports everything; cycles through it are not layering
     graph = {k: v - {"usspectrum"} for k, v in graph.items() if k != "usspectrum"}
-    assert "usspectrum.calibration" in graph and "usspectrum.models.registry" in graph
+    assert "usspectrum.spectrum.calibration" in graph and "usspectrum.models.registry" in graph
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+# the path of the data, lowest first: a subpackage may import only those before it
+LAYERS = ["errors", "runtime", "nn", "models", "io", "spectrum", "training", "demo", "cli",
+          "__main__"]
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "usspectrum"
+
+
+def test_subpackages_import_only_lower_layers():
+    upward = sorted(f"{a} -> {b}" for a, targets in _graph().items() for b in targets
+                    if _layer(a) != "usspectrum" and _layer(b) != "usspectrum"
+                    and LAYERS.index(_layer(b)) > LAYERS.index(_layer(a)))
+    assert not upward, upward
+    assert {_layer(m) for m in _graph()} == set(LAYERS) | {"usspectrum"}
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({length} lines)")
+    assert not long, long

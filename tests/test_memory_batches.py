@@ -9,10 +9,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import usspectrum
-import usspectrum.memory_batches as mb
-from usspectrum.data import ImageSpec, open_split
+import usspectrum.training.memory_batches as mb
+from usspectrum.io.data import ImageSpec, open_split
 from usspectrum.errors import USSpectrumError
-from usspectrum.memory_batches import MemoryBatches
+from usspectrum.training.memory_batches import MemoryBatches
 
 from helpers import make_image_folder
 

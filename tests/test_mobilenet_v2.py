@@ -12,13 +12,13 @@ from click.testing import CliRunner
 
 import usspectrum
 from usspectrum import make_divisible as md
-from usspectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats, is_calibrated
-from usspectrum.checkpoint import load_checkpoint
+from usspectrum.spectrum.calibration import Calibrator, DenseCalibrator, get_bn_stats, is_calibrated
+from usspectrum.io.checkpoint import load_checkpoint
 from usspectrum.cli import cli
-from usspectrum.dense import ConvClamp, DenseResidual, to_dense
+from usspectrum.nn.folding import ConvClamp, DenseResidual, to_dense
 from usspectrum.errors import UsageError
-from usspectrum.layers import slim_batchnorms
-from usspectrum.width import WidthConfig
+from usspectrum.nn.layers import slim_batchnorms
+from usspectrum.nn.width import WidthConfig
 
 from helpers import dense_v2, randomize_bn, v2_bn_sizes
 

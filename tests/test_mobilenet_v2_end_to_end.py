@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import usspectrum
-from usspectrum.checkpoint import load_checkpoint, save_checkpoint
+from usspectrum.io.checkpoint import load_checkpoint, save_checkpoint
 from usspectrum.cli import cli
 
 from conftest import require_cifar
@@ -91,7 +91,7 @@ def test_export_of_a_per_stage_width_runs_without_usspectrum(v2_models):
     subprocess.run([sys.executable, str(tmp / "load.py"), str(out), "export", str(tmp / "x.pt"),
                     str(tmp / "y.pt")], check=True, cwd=tmp)
     loaded = torch.load(tmp / "y.pt", weights_only=True)
-    model, _ = usspectrum.export.prepare_width(tmp / "us.pt", "0.6@s5x0.6", data,
+    model, _ = usspectrum.spectrum.calibrate.prepare_width(tmp / "us.pt", "0.6@s5x0.6", data,
                                                calib_images=64)
     model.set_width("0.6@s5x0.6")
     with torch.no_grad():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import usspectrum
-from usspectrum.layers import SlimConv2d, SwitchableBatchNorm2d
+from usspectrum.nn.layers import SlimConv2d, SwitchableBatchNorm2d
 
 from helpers import dense_copy, randomize_bn
 

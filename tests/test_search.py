@@ -8,12 +8,12 @@ import torch
 from click.testing import CliRunner
 
 import usspectrum
-import usspectrum.greedy_search as gs
-from usspectrum.checkpoint import save_checkpoint
+import usspectrum.spectrum.search as gs
+from usspectrum.io.checkpoint import save_checkpoint
 from usspectrum.cli import cli
 from usspectrum.errors import UsageError
-from usspectrum.export import export_width
-from usspectrum.greedy_search import SearchSettings, held_out_indices, search_groups, slim_group
+from usspectrum.io.export import export_width
+from usspectrum.spectrum.search import SearchSettings, held_out_indices, search_groups, slim_group
 
 from helpers import CLASSES, make_image_folder, randomize_bn
 
@@ -95,7 +95,7 @@ def test_search_is_deterministic_and_resumes(setup, monkeypatch):
     cols = ["config", "top1", "mflops", "group"]
 
     calls = {"n": 0}
-    real = gs.evaluate_shared
+    real = gs.evaluate
 
     def stop_on_fourth(*a, **k):
         calls["n"] += 1
@@ -103,11 +103,11 @@ def test_search_is_deterministic_and_resumes(setup, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(gs, "evaluate_shared", stop_on_fourth)
+    monkeypatch.setattr(gs, "evaluate", stop_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         usspectrum.search(ckpt, data, tmp / "c.csv", TINY)
     assert len(pd.read_csv(tmp / "c.csv")) == 3  # steps 0-2 kept
-    monkeypatch.setattr(gs, "evaluate_shared", real)
+    monkeypatch.setattr(gs, "evaluate", real)
     resumed = usspectrum.search(ckpt, data, tmp / "c.csv", TINY)
     # the same seed gives the same path: the first three steps were searched
     # afresh, the rest after resuming

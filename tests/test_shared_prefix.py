@@ -4,13 +4,13 @@ import pytest
 import torch
 
 import usspectrum
-from usspectrum.calibration import DenseCalibrator, get_bn_stats
-from usspectrum.dense import DenseResidual, to_dense
-from usspectrum.greedy_search import search_groups, slim_group
-from usspectrum.layers import slim_batchnorms
-from usspectrum.shared_prefix import (PrefixTree, SharedPrefixCalibrator, branch_point,
-                                      evaluate_shared)
-from usspectrum.width import WidthConfig
+from usspectrum.spectrum.calibration import DenseCalibrator, get_bn_stats
+from usspectrum.nn.folding import DenseResidual, to_dense
+from usspectrum.spectrum.search import search_groups, slim_group
+from usspectrum.nn.layers import slim_batchnorms
+from usspectrum.spectrum.evaluate import evaluate
+from usspectrum.spectrum.prefix_tree import PrefixTree, branch_point
+from usspectrum.nn.width import WidthConfig
 
 from helpers import randomize_bn
 
@@ -65,7 +65,7 @@ def test_shared_calibration_and_evaluation_equal_separate_runs(name):
     for _, bn in slim_batchnorms(model):
         bn.calibrated.clear()
 
-    with SharedPrefixCalibrator(model, base, configs) as cal:
+    with DenseCalibrator(model, configs, base=base) as cal:
         for images, _ in batches:
             cal.update(images)
     shared = get_bn_stats(model, keys)
@@ -80,7 +80,7 @@ def test_shared_calibration_and_evaluation_equal_separate_runs(name):
     assert set(outputs) == set(keys)
     for key in keys:
         torch.testing.assert_close(outputs[key], logits[key], rtol=1e-4, atol=1e-4)
-    accuracy = evaluate_shared(model, base, configs, batches)
+    accuracy = evaluate(model, batches, [base, *configs], shares=base)
     for key in keys:
         hits = sum(int((to_dense(model, WidthConfig.parse(key))(x).argmax(1) == y).sum())
                    for x, y in batches)
@@ -91,7 +91,7 @@ def test_shared_layers_count_each_batch_once():
     model = _model("us_mobilenet_v1")
     base = WidthConfig.per_layer([1.0] * len(model.slots))
     configs = _candidates(model, [1.0] * len(model.slots))
-    with SharedPrefixCalibrator(model, base, configs) as cal:
+    with DenseCalibrator(model, configs, base=base) as cal:
         for _ in range(4):
             cal.update(torch.randn(6, 3, 32, 32))
         first_bn = cal.nets[str(base)][1]  # the stem's BN, shared by all but one candidate

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from usspectrum import SweepSettings, sweep
-from usspectrum.checkpoint import load_checkpoint
+from usspectrum.io.checkpoint import load_checkpoint
 
 from conftest import require_cifar
 
@@ -68,8 +68,8 @@ def test_augmented_calibration_reproduces_the_training_statistics():
     """The individual net's running statistics were tracked on augmented
     images (padded crops), so calibrating on augmented images must land
     nearer to them than calibrating on plain ones, first layer above all."""
-    from usspectrum.calibration import calibrate, get_bn_stats
-    from usspectrum.data import calibration_images, make_loader
+    from usspectrum.spectrum.calibration import calibrate, get_bn_stats
+    from usspectrum.io.data import calibration_images, make_loader
 
     data = require_cifar()
     model = load_checkpoint(MODELS / "individual.pt")

@@ -9,14 +9,18 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import usspectrum
-import usspectrum.training as train_module
+import usspectrum.training.loop as train_module
 from usspectrum.cli import cli
 from usspectrum.errors import UsageError
-from usspectrum.layers import SlimBatchNormBase, SlimConv2d
-from usspectrum.training import SandwichSampler, param_groups, us_step
-from usspectrum.width import WidthConfig
+from usspectrum.nn.layers import SlimBatchNormBase, SlimConv2d
+from usspectrum.training.steps import SandwichSampler, local_step, param_groups
+from usspectrum.nn.width import WidthConfig
 
 from helpers import make_image_folder
+
+
+def us_step(model, images, labels, widths, criterion, distill):
+    return local_step(model, "us", images, labels, criterion, widths, distill)
 
 
 def tiny():
@@ -140,7 +144,7 @@ def test_interrupted_run_resumed_matches_the_uninterrupted_one(tmp_path, monkeyp
     opts = dict(kind=kind, data=str(data), nonuniform=kind == "us", **FAST)
     whole = usspectrum.train(out=str(tmp_path / "whole.pt"), **opts)
 
-    step_name = {"us": "us_step", "slimmable": "slimmable_step", "individual": "individual_step"}[kind]
+    step_name = "local_step"  # every kind's step, as the loop calls it
     real, calls = getattr(train_module, step_name), []
 
     def crash(*args, **kw):
@@ -170,7 +174,7 @@ def test_run_interrupted_mid_epoch_resumes_at_the_next_batch_bit_for_bit(tmp_pat
     opts = dict(kind=kind, data=str(data), nonuniform=kind == "us", **FAST)
     whole = usspectrum.train(out=str(tmp_path / "whole.pt"), **opts)
 
-    step_name = {"us": "us_step", "slimmable": "slimmable_step"}[kind]
+    step_name = "local_step"
     real, calls = getattr(train_module, step_name), []
 
     def crash(*args, **kw):

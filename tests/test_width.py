@@ -1,7 +1,8 @@
 import pytest
 
+import usspectrum
 from usspectrum import UsageError, WidthConfig, make_divisible, parse_width_list
-from usspectrum.width import LayerSlot, stage_variants
+from usspectrum.nn.width import LayerSlot, stage_variants
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -77,3 +78,13 @@ def test_stage_variants():
     assert [str(v) for v in variants] == ["0.5@s1x0.6", "1.0@s1x0.6", "0.5@s5x0.6", "1.0@s5x0.6"]
     with pytest.raises(UsageError):
         stage_variants(parse_width_list("0.5"), [1], 1.5)
+
+
+def test_a_family_declares_its_channel_rounding():
+    # 0.35 of 64: the nearest multiple of 8 is 24; int() gives 22 (the authors' ResNet rule)
+    assert LayerSlot("a", 64, 1).active(0.35) == 24
+    assert LayerSlot("a", 64, 1, rounding="int").active(0.35) == 22
+    assert LayerSlot("a", 64, 1, rounding="int").active(0.001) == 1
+    model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=10,
+                                    repeats=(1, 1, 1, 1, 1))
+    assert {s.rounding for s in model.slots} == {"make_divisible"}

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .calibration import calibrate
-from .stored_calibration import calibrate_checkpoint
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import ImageSpec
+from .spectrum.calibration import calibrate
+from .spectrum.calibrate import calibrate_checkpoint
+from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.data import ImageSpec
 from .errors import USSpectrumError, UsageError
-from .evaluate import evaluate
-from .plot import plot_spectrum
-from .spectrum import SweepSettings, sweep
-from .training import TrainConfig, train
-from .flops import Cost, FlopCounter, count_flops
-from .greedy_search import SearchSettings, search
+from .spectrum.evaluate import evaluate
+from .io.plot import plot_spectrum
+from .spectrum.sweep import SweepSettings, sweep
+from .training.config import TrainConfig
+from .training.loop import train
+from .spectrum.flops import Cost, FlopCounter, count_flops
+from .spectrum.search import SearchSettings, search
 from .models import create_model, list_models, register_model
-from .width import WidthConfig, WidthLike, make_divisible, parse_width_list
+from .nn.width import WidthConfig, WidthLike, make_divisible, parse_width_list
 
 __version__ = "0.1.0"
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .compare import compare, slim_stage
-from .spectrum import SweepSettings
-from .training import TrainConfig, train
+from .spectrum.compare import compare, slim_stage
+from .spectrum.sweep import SweepSettings
+from .training.config import TrainConfig
+from .training.loop import train
 
 DATA = "digits"
 IMAGE_SIZE = 16

@@ -1,34 +1,40 @@
 """What every slimmable network shares: its slots and how a width is applied."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import SlimBatchNormBase, SlimConv2d, slim_batchnorms
-from ..width import LayerSlot, WidthConfig, WidthLike
+from ..nn.layers import Residual, SlimBatchNormBase, SlimConv2d, slim_batchnorms  # noqa: F401
+from ..nn.width import LayerSlot, WidthConfig, WidthLike
 
 KINDS = ("us", "slimmable", "individual")
 
 
-@dataclass
-class Residual:
-    """An entry of :meth:`SlimmableNet.layer_sequence`: ``x + chain(x)``, where
-    ``chain`` is itself a layer sequence that keeps the channel count."""
-
-    layers: list[tuple[str, nn.Module]]
-
-
 class SlimmableNet(nn.Module):
-    """Base class of the model families.
+    """Base class of the model families: the contract a family implements.
 
-    A subclass registers each slimmable layer with :meth:`add_slot`: the conv
-    whose *output* channels the width controls, with its stage. Everything
-    downstream (depthwise convs, BN, the classifier) follows its input.
-    Convs whose outputs are added together (a residual chain) share one slot,
-    so no width config can give the two operands different channel counts.
+    A family (one file in :mod:`usspectrum.models`, builders registered with
+    :func:`~usspectrum.models.registry.register_model`) provides:
+
+    - **slots**: in ``__init__``, :meth:`add_slot` for each slimmable layer,
+      the conv whose *output* channels the width controls, with its stage
+      (0 for the stem; 1.. for the stages ``@sK`` and ``slim-stage`` name).
+      Everything downstream (depthwise convs, BN, the classifier) follows its
+      input. Convs whose outputs are added together (a residual chain) share
+      one slot, so no width config can give the two operands different
+      channel counts.
+    - **rounding**: ``channel_rounding``, the rule that turns
+      ``channels * ratio`` into a count (:data:`~usspectrum.nn.width.CHANNEL_ROUNDING`:
+      ``make_divisible`` for MobileNets, ``int`` for the authors' ResNet
+      and ShuffleNet).
+    - **layer sequence**: :meth:`layer_sequence`, the leaf modules in the
+      order ``forward`` applies them, with a :class:`Residual` entry for each
+      skip connection; folding a width into a plain network, shared prefixes
+      and FLOPs counting all follow it.
+    - ``default_image_size`` and the slimmable layers of
+      :mod:`usspectrum.nn.layers` (``SlimConv2d``, a slimmable BN, ``SlimLinear``).
 
     ``kind`` is ``us``, ``slimmable`` (with ``switches``) or ``individual``;
     ``width_range`` is the range of widths the network was trained for."""
@@ -37,6 +43,7 @@ class SlimmableNet(nn.Module):
     switches: tuple[float, ...] | None = None
     width_range: tuple[float, float] = (0.25, 1.0)
     default_image_size: int = 224
+    channel_rounding: str = "make_divisible"
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,7 +59,8 @@ class SlimmableNet(nn.Module):
         convs = (convs,) if isinstance(convs, SlimConv2d) else tuple(convs)
         if len({c.out_channels for c in convs}) != 1:
             raise ValueError(f"slot {name} ties convs of different widths")
-        self.slots.append(LayerSlot(name, convs[0].out_channels, stage, multiple))
+        self.slots.append(LayerSlot(name, convs[0].out_channels, stage, multiple,
+                                    self.channel_rounding))
         self._slot_convs.append(convs)
 
     @property

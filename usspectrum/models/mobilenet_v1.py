@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import ReLU6, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from ..nn.layers import ReLU6, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
 from .base import (SlimmableNet, check_repeats, check_switches,
                    init_weights, leaf_modules, mark_kind)
 from .registry import register_model

@@ -4,7 +4,7 @@ slimmable (S) and plain (individually trained, still sliceable).
 Module names follow the US-Nets release (``features.0`` stem,
 ``features.{1..17}.body.{k}`` blocks, ``features.18`` the 1280-channel conv,
 ``classifier.0``) so its checkpoints map onto this model key for key;
-:func:`usspectrum.checkpoint` renames torchvision's keys onto the same model.
+:func:`usspectrum.io.checkpoint` renames torchvision's keys onto the same model.
 
 Widths (the authors' rule): at ratio ``r`` a block's input and output keep
 ``make_divisible(C * r)`` channels and its expansion ``t *
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..layers import ReLU6, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
+from ..nn.layers import ReLU6, SlimConv2d, SlimLinear, SwitchableBatchNorm2d, USBatchNorm2d
 from .base import (Residual, SlimmableNet, check_repeats, check_switches,
                    init_weights, leaf_modules, mark_kind)
 from .registry import register_model

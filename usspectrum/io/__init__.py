@@ -1,0 +1,1 @@
+"""What goes in and out: checkpoints, data sets, result CSVs, exports, plots."""
