@@ -23,7 +23,7 @@ import torch
 from ..errors import USSpectrumError, UsageError
 from ..io.checkpoint import read_checkpoint, save_checkpoint
 from ..io.identity import differences
-from ..io.results import RowWriter, atomic_write_bytes
+from ..io.results import RowWriter, atomic_write_bytes, write_table
 from .config import TrainConfig
 from .steps import SandwichSampler
 
@@ -168,10 +168,10 @@ def restore_epoch(out: Path, config: TrainConfig, model, optimizer, scheduler, d
 
 
 def truncate_log(writer: RowWriter, epochs_done: int) -> None:
+    """Drop log rows of epochs the checkpoint does not hold, in one atomic
+    write (a kill meanwhile must not lose the rows that stay)."""
     if not writer.path.exists():
         return
     log = pd.read_csv(writer.path)
-    log = log[log["epoch"] <= epochs_done]
-    writer.path.unlink()
-    for row in log.to_dict(orient="records"):
-        writer.append(row)
+    if (log["epoch"] > epochs_done).any():
+        write_table(log[log["epoch"] <= epochs_done], writer.path)
