@@ -32,7 +32,7 @@ from ..runtime.distributed import GlobalBatchShard, barrier, check_world, contex
     on_main
 from ..spectrum.calibration import calibrate
 from ..spectrum.evaluate import evaluate
-from .config import SCHEDULES, TrainConfig, epoch_seed, lr_factor  # noqa: F401  (SCHEDULES: API)
+from .config import TrainConfig, epoch_seed, lr_factor
 from .memory_batches import MemoryBatches
 from .progress import (EpochProgress, EpochTally, SkipBatches, log_columns, log_path,
                        progress_path, restore_epoch, save_epoch, truncate_log)
