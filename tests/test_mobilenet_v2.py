@@ -222,7 +222,9 @@ def test_release_s_v2_checkpoint(tmp_path):
     model = load_checkpoint(tmp_path / "s_v2.pt")
     assert model.kind == "slimmable" and model.switches == (0.35, 0.5, 0.75, 1.0)
     x = torch.randn(2, 3, 64, 64)
-    for width, switch in ((0.35, 0), (0.75, 2)):
+    # every switch: at 0.5 and 1.0 some layers keep as many channels as at
+    # 0.35 and 0.75 (8 and 16 of 16), and the switch's own BN must still be used
+    for switch, width in enumerate((0.35, 0.5, 0.75, 1.0)):
         usspectrum.set_width(model, width)
         with torch.no_grad():
             torch.testing.assert_close(model(x), dense_v2(model, width, switch, stem_stride=2)(x),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .kernels import batch_norm_train, depthwise_conv, is_channels_last, pointwise_conv, relu6_
-from .width import make_divisible
+from .width import LayerSlot, format_ratio
 
 
 class SlimConv2d(nn.Conv2d):
@@ -241,24 +241,43 @@ class USBatchNorm2d(SlimBatchNormBase):
 class SwitchableBatchNorm2d(SlimBatchNormBase):
     """Private BN per switch (Slimmable Networks).
 
-    At a channel count between switches the nearest larger switch's BN is
-    used, sliced to the active channels; its statistics are then only a
-    fallback for calibrated ones."""
+    At a switch (the model's width key is the switch's: ``"0.5"``,
+    ``"150M"``) that switch's BN is used, as the authors' model indexes its
+    BNs by the active switch: two switches may keep the same channel count
+    in a layer (S-MobileNet v2's 16-channel stage keeps 8 at 0.35 and 0.5).
+    At any other width the BN of the smallest switch with at least the
+    active channels is used, sliced; its statistics are then only a
+    fallback for calibrated ones.
 
-    def __init__(self, num_features: int, switches: Sequence[float],
-                 eps: float = 1e-5, momentum: float = 0.1, multiple: int = 1) -> None:
+    ``switches`` are widths, whose channel counts follow ``rounding`` and
+    ``multiple`` (see :class:`~usspectrum.nn.width.LayerSlot`), or, with
+    ``channels``, names of switches given with their channel counts."""
+
+    def __init__(self, num_features: int, switches: Sequence[float | str],
+                 eps: float = 1e-5, momentum: float = 0.1, multiple: int = 1,
+                 rounding: str = "make_divisible",
+                 channels: Sequence[int] | None = None) -> None:
         super().__init__(eps, momentum)
         self.num_features = num_features
-        self.switches = tuple(sorted(switches))
-        # ``multiple``: the layer keeps multiple * make_divisible(base * s)
-        # channels (MobileNet v2's expansions; see LayerSlot)
-        base = num_features // multiple
-        self.switch_channels = [multiple * min(base, make_divisible(base * s))
-                                for s in self.switches]
+        if channels is None:
+            self.switches = tuple(sorted(float(s) for s in switches))
+            slot = LayerSlot("", num_features, 0, multiple, rounding)
+            self.switch_channels = [slot.active(s) for s in self.switches]
+            self.switch_keys = [format_ratio(s) for s in self.switches]
+        else:
+            self.switches = tuple(switches)
+            self.switch_channels = [int(c) for c in channels]
+            self.switch_keys = [str(s) for s in switches]
         self.bn = nn.ModuleList(nn.BatchNorm2d(c, eps=eps, momentum=momentum)
                                 for c in self.switch_channels)
 
     def switch_index(self, channels: int) -> int:
+        """The BN used at ``channels``: the active switch's, else the
+        smallest switch's that has as many."""
+        if self.active_key in self.switch_keys:
+            index = self.switch_keys.index(self.active_key)
+            if self.switch_channels[index] >= channels:
+                return index
         for i, c in enumerate(self.switch_channels):
             if c >= channels:
                 return i

@@ -7,7 +7,9 @@ A :class:`WidthConfig` is one of
   several modifiers chain: ``"0.75@s1x0.6@s5x0.8"``); a layer of stage ``k``
   then runs at ratio ``w * r_k``;
 * a fully per-layer setting, one ratio per slimmable layer
-  (``"layers:0.25/0.5/.../1.0"``), as drawn by nonuniform training.
+  (``"layers:0.25/0.5/.../1.0"``), as drawn by nonuniform training;
+* a named switch of a network whose switches are per-layer channel lists
+  (AutoSlim: ``"150M"``, the budget the authors named it by).
 
 Ratios become channel counts with :func:`make_divisible` (the rounding rule of
 the US-Nets release), applied to the *product* of the ratios.
@@ -22,6 +24,7 @@ from typing import Iterable, Mapping, Sequence, Union
 from ..errors import UsageError
 
 NUM_DIGITS = 6  # ratios are rounded so that 0.25 + 30 * 0.025 prints as 1.0
+SWITCH_NAME = re.compile(r"^\d+(\.\d+)?[MG]$")  # "150M", "1.0G": a budget-named switch
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int = 1) -> int:
@@ -77,11 +80,21 @@ class LayerSlot:
     stage: int
     multiple: int = 1
     rounding: str = "make_divisible"
+    named: tuple[tuple[str, int], ...] = ()  # channel count at each named switch
 
     def active(self, ratio: float) -> int:
         """Channel count at ``ratio`` by the rounding rule."""
         base = self.channels // self.multiple
         return self.multiple * min(base, CHANNEL_ROUNDING[self.rounding](base * ratio))
+
+    def at_switch(self, name: str) -> int:
+        """Channel count at the named switch ``name``."""
+        for key, count in self.named:
+            if key == name:
+                return count
+        known = ", ".join(k for k, _ in self.named) or "none"
+        raise UsageError(f"this model has no switch {name!r} (its named switches: {known}); "
+                         "give one of them or a width ratio")
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,17 @@ class WidthConfig:
     width: float = 1.0
     stage_ratios: tuple[tuple[int, float], ...] = ()
     layer_ratios: tuple[float, ...] | None = field(default=None)
+    switch: str | None = None
 
     def __post_init__(self) -> None:
+        if self.switch is not None:
+            if not SWITCH_NAME.match(str(self.switch)):
+                raise UsageError(f"malformed switch name {self.switch!r}; expected a budget "
+                                 "such as '150M' or '1.0G'")
+            if self.layer_ratios is not None or self.stage_ratios:
+                raise UsageError("a named switch cannot also have stage or layer ratios")
+            object.__setattr__(self, "width", 1.0)
+            return
         if self.layer_ratios is not None:
             ratios = tuple(_check_ratio(r, "layer ratio") for r in self.layer_ratios)
             if not ratios:
@@ -128,6 +150,8 @@ class WidthConfig:
         """Parse the string form written by ``str()``."""
         original = text
         text = text.strip()
+        if SWITCH_NAME.match(text):
+            return cls(switch=text)
         try:
             if text.startswith("layers:"):
                 return cls.per_layer([float(t) for t in text[len("layers:"):].split("/")])
@@ -146,8 +170,9 @@ class WidthConfig:
             raise
         except ValueError:
             raise UsageError(
-                f"malformed width {original!r}; expected e.g. '0.75', '0.75@s5x0.6' "
-                "or 'layers:0.5/0.75/...' (one ratio per slimmable layer)") from None
+                f"malformed width {original!r}; expected e.g. '0.75', '0.75@s5x0.6', "
+                "'layers:0.5/0.75/...' (one ratio per slimmable layer) or a named switch "
+                "such as '150M'") from None
 
     @classmethod
     def coerce(cls, width: "WidthLike") -> "WidthConfig":
@@ -164,10 +189,13 @@ class WidthConfig:
     # use ----------------------------------------------------------------
     @property
     def is_uniform(self) -> bool:
-        return self.layer_ratios is None and not self.stage_ratios
+        return self.layer_ratios is None and not self.stage_ratios and self.switch is None
 
     def ratios(self, slots: Sequence[LayerSlot]) -> list[float]:
-        """The ratio each slot runs at."""
+        """The ratio each slot runs at (a named switch: its channel count
+        over the slot's full count)."""
+        if self.switch is not None:
+            return [s.at_switch(self.switch) / s.channels for s in slots]
         if self.layer_ratios is not None:
             if len(self.layer_ratios) != len(slots):
                 raise UsageError(
@@ -184,9 +212,13 @@ class WidthConfig:
 
     def channels(self, slots: Sequence[LayerSlot]) -> list[int]:
         """Active channel count of each slot, by the rounding rule."""
+        if self.switch is not None:
+            return [s.at_switch(self.switch) for s in slots]
         return [s.active(r) for s, r in zip(slots, self.ratios(slots))]
 
     def __str__(self) -> str:
+        if self.switch is not None:
+            return self.switch
         if self.layer_ratios is not None:
             return "layers:" + "/".join(format_ratio(r) for r in self.layer_ratios)
         return format_ratio(self.width) + "".join(
@@ -242,8 +274,9 @@ def stage_variants(configs: Sequence[WidthConfig], stages: Sequence[int],
     out = []
     for stage in stages:
         for c in configs:
-            if c.layer_ratios is not None:
-                raise UsageError("stage ratios apply to uniform widths, not per-layer configs")
+            if c.layer_ratios is not None or c.switch is not None:
+                raise UsageError("stage ratios apply to uniform widths, not per-layer configs "
+                                 "or named switches")
             merged = dict(c.stage_ratios)
             merged[stage] = round(merged.get(stage, 1.0) * ratio, NUM_DIGITS)
             out.append(WidthConfig.with_stages(c.width, merged))
