@@ -15,8 +15,9 @@ usspectrum format (a dict, saved with ``torch.save``, read with
 The authors' release is ``{'model': state_dict}`` saved from DataParallel
 (``module.`` prefixes); US-MobileNet v1 and v2 keep per-width statistics in
 ``bn.{i}.running_*`` of each BN and S-MobileNet v1 and v2 four whole BNs per
-layer (v2's 1280-channel conv has one plain BN in both). A state dict of
-torchvision's ``mobilenet_v2`` loads as the individual MobileNet v2.
+layer (v2's 1280-channel conv has one plain BN in both); S-ResNet-50 four
+whole BNs per layer. State dicts of torchvision's ``mobilenet_v2`` and
+``resnet50`` load as the individual MobileNet v2 and ResNet-50.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from ..nn.layers import USBatchNorm2d, slim_batchnorms
 from ..models import create_model
 from ..models.mobilenet_v1 import DEFAULT_SWITCHES
 from ..models.mobilenet_v2 import DEFAULT_SWITCHES as V2_SWITCHES
+from ..models.resnet import DEFAULT_SWITCHES as RESNET_SWITCHES, DEPTH as RESNET_DEPTH
 from .results import atomic_write_bytes
 from ..nn.width import WidthConfig, parse_width_list
 
@@ -198,7 +200,24 @@ RELEASE_FAMILIES = {
                      RELEASE_V2_US_WIDTHS, V2_SWITCHES),
     "mobilenet_v1": ("features.13.body.3.weight", "us_mobilenet_v1", "s_mobilenet_v1",
                      RELEASE_US_WIDTHS, DEFAULT_SWITCHES),
+    "resnet50": ("features.1.shortcut.0.weight", None, "s_resnet50", None, RESNET_SWITCHES),
 }
+
+
+def _release_family(state: dict) -> str | None:
+    return next((f for f, spec in RELEASE_FAMILIES.items() if spec[0] in state), None)
+
+
+def _release_kwargs(family: str, state: dict) -> dict:
+    """Builder arguments a release state dict implies beyond its classes:
+    a ResNet's blocks per stage (a block with a projection starts a stage)."""
+    if family != "resnet50":
+        return {}
+    blocks = sorted(int(m[1]) for k in state if (m := re.match(r"^features\.(\d+)\.body\.0\.weight$", k)))
+    starts = [b for b in blocks if f"features.{b}.shortcut.0.weight" in state]
+    ends = starts[1:] + [blocks[-1] + 1]
+    repeats = tuple(e - s for s, e in zip(starts, ends))
+    return {} if repeats == RESNET_DEPTH else {"repeats": repeats}
 
 
 def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) -> nn.Module:
@@ -209,12 +228,15 @@ def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) ->
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if is_torchvision_mobilenet_v2(state):
         return _from_torchvision_v2(state, path, stem)
-    family = next((f for f, spec in RELEASE_FAMILIES.items() if spec[0] in state), None)
+    if is_torchvision_resnet(state):
+        return _from_torchvision_resnet(state, path, stem)
+    family = _release_family(state)
     if family is None or "classifier.0.weight" not in state:
-        raise USSpectrumError(f"checkpoint {path} is not a MobileNet v1 or v2 of the US-Nets "
-                              "release nor a torchvision mobilenet_v2 state dict (keys start "
-                              f"with {sorted(state)[:3]})")
+        raise USSpectrumError(f"checkpoint {path} is not a network of the authors' release "
+                              "(MobileNet v1/v2, ResNet-50) nor a torchvision mobilenet_v2 or "
+                              f"resnet50 state dict (keys start with {sorted(state)[:3]})")
     _, us_name, s_name, us_widths, default_switches = RELEASE_FAMILIES[family]
+    extra = _release_kwargs(family, state)
     num_classes = state["classifier.0.weight"].shape[0]
     switchable = any(re.search(r"\.bn\.\d+\.weight$", k) for k in state)
     indices = sorted({int(m["i"]) for k in state if (m := _BN_STAT.match(k))})
@@ -230,10 +252,14 @@ def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) ->
         if len(switches) != len(indices):
             raise USSpectrumError(f"checkpoint {path} has {len(indices)} BNs per layer but "
                                   f"{len(switches)} switches were given; pass the switches")
-        model = create_model(s_name, num_classes=num_classes, stem=stem, switches=switches)
+        model = create_model(s_name, num_classes=num_classes, stem=stem, switches=switches,
+                             **extra)
         _load_state(model, state, path)
     else:
-        model = create_model(us_name, num_classes=num_classes, stem=stem)
+        if us_name is None:
+            raise USSpectrumError(f"checkpoint {path} is a {family} without switchable BNs; "
+                                  "the authors released that family only as an S-Net")
+        model = create_model(us_name, num_classes=num_classes, stem=stem, **extra)
         configs = ([WidthConfig(w) for w in widths] if widths else parse_width_list(us_widths))
         if indices and len(configs) != len(indices):
             raise USSpectrumError(f"checkpoint {path} stores statistics for {len(indices)} "
@@ -293,6 +319,50 @@ def _from_torchvision_v2(state: dict, path, stem: str) -> nn.Module:
                          stem=stem)
     _load_state(model, renamed, path)
     # torchvision's ImageNet weights were evaluated at resize 256, crop 224
+    model.meta = {"class_names": [], "image": ImageSpec.for_size(model.default_image_size),
+                  "train": {}, "source": "torchvision"}
+    return model
+
+
+def is_torchvision_resnet(state: dict) -> bool:
+    """Whether ``state`` is a state dict of a torchvision ResNet."""
+    return "layer1.0.conv1.weight" in state and "fc.weight" in state
+
+
+_TV_RESNET = re.compile(r"^layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.(\w+)$")
+
+
+def _from_torchvision_resnet(state: dict, path, stem: str) -> nn.Module:
+    """torchvision's ``resnet50`` as the individual baseline: ``conv1``/``bn1``
+    is the stem, ``layerL.b.conv{1,2,3}``/``bn{1,2,3}`` a block's body,
+    ``downsample.{0,1}`` its projection, ``fc`` the classifier."""
+    if "layer1.0.conv3.weight" not in state:
+        raise USSpectrumError(f"checkpoint {path} is a torchvision ResNet with basic blocks "
+                              "(resnet18/34); usspectrum has bottleneck ResNets only (resnet50)")
+    blocks = sorted({(int(m[1]), int(m[2])) for k in state if (m := _TV_RESNET.match(k))})
+    index = {b: i + 1 for i, b in enumerate(blocks)}
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith(".num_batches_tracked"):
+            continue
+        m = _TV_RESNET.match(key)
+        if m:
+            block = f"features.{index[int(m[1]), int(m[2])]}"
+            part, n = m[3], int(m[4])
+            where = (f"shortcut.{n}" if part == "downsample." else
+                     f"body.{3 * (n - 1) + (0 if part == 'conv' else 1)}")
+            renamed[f"{block}.{where}.{m[5]}"] = value
+        elif key.startswith(("conv1.", "bn1.")):
+            renamed[("features.0.0." if key.startswith("conv1.") else "features.0.1.")
+                    + key.split(".", 1)[1]] = value
+        elif key.startswith("fc."):
+            renamed["classifier.0." + key.removeprefix("fc.")] = value
+        else:
+            renamed[key] = value
+    repeats = tuple(sum(1 for s, _ in blocks if s == stage) for stage in range(1, 5))
+    extra = {} if repeats == RESNET_DEPTH else {"repeats": repeats}
+    model = create_model("resnet50", num_classes=state["fc.weight"].shape[0], stem=stem, **extra)
+    _load_state(model, renamed, path)
     model.meta = {"class_names": [], "image": ImageSpec.for_size(model.default_image_size),
                   "train": {}, "source": "torchvision"}
     return model

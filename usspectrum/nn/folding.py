@@ -60,9 +60,22 @@ class DenseResidual(nn.Sequential):
         return x + y
 
 
+class DenseProjection(nn.Module):
+    """``body(x) + shortcut(x)``: a residual block whose shortcut is a
+    projection (1x1 conv + BN) of a dense network."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential) -> None:
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
 def chains(net: nn.Sequential) -> list[nn.Sequential]:
-    """``net`` and every residual chain nested in it, outermost first."""
-    return [net, *(m for m in net.modules() if isinstance(m, DenseResidual) and m is not net)]
+    """``net`` and every chain of layers nested in it (residual bodies and
+    projection shortcuts), outermost first."""
+    return [net, *(m for m in net.modules() if isinstance(m, nn.Sequential) and m is not net)]
 
 
 @torch.no_grad()
@@ -108,13 +121,9 @@ def _dense_chain(sequence, fold_bn: bool, channels: int, path: str):
     for name, module in sequence:
         key = name.replace(".", "_")
         if isinstance(module, Residual):
-            inner, inner_sources, out = _dense_chain(module.layers, fold_bn, channels,
-                                                     f"{path}{key}.")
-            if out != channels:
-                raise ValueError(f"residual block {name} maps {channels} channels to {out}; "
-                                 "its input and output must share one width slot")
-            layers[key] = DenseResidual(inner)
-            sources.update(inner_sources)
+            layers[key], block_sources, channels = _dense_residual(name, module, fold_bn,
+                                                                   channels, f"{path}{key}.")
+            sources.update(block_sources)
             last = layers[key]
             continue
         if isinstance(module, SlimConv2d):
@@ -143,6 +152,25 @@ def _dense_chain(sequence, fold_bn: bool, channels: int, path: str):
         sources[path + key] = name
         last = layer
     return layers, sources, channels
+
+
+def _dense_residual(name: str, block: Residual, fold_bn: bool, channels: int, path: str):
+    """A residual block as a :class:`DenseResidual` (identity shortcut) or
+    :class:`DenseProjection`; its sources and output channels."""
+    if block.shortcut is None:
+        inner, sources, out = _dense_chain(block.layers, fold_bn, channels, path)
+        if out != channels:
+            raise ValueError(f"residual block {name} maps {channels} channels to {out}; "
+                             "its input and output must share one width slot")
+        return DenseResidual(inner), sources, out
+    body, sources, out = _dense_chain(block.layers, fold_bn, channels, path + "body.")
+    short, short_sources, short_out = _dense_chain(block.shortcut, fold_bn, channels,
+                                                   path + "shortcut.")
+    if out != short_out:
+        raise ValueError(f"residual block {name}: its body gives {out} channels and its "
+                         f"shortcut {short_out}; the two must share one width slot")
+    return (DenseProjection(nn.Sequential(body), nn.Sequential(short)),
+            {**sources, **short_sources}, out)
 
 
 def _dense_conv(conv: SlimConv2d, channels: int) -> nn.Conv2d:
@@ -220,6 +248,12 @@ def _fuse_activations(layers: "OrderedDict[str, nn.Module]") -> "OrderedDict[str
         key, layer = items[i]
         if isinstance(layer, DenseResidual):
             fused[key] = DenseResidual(_fuse_activations(OrderedDict(layer.named_children())))
+            i += 1
+            continue
+        if isinstance(layer, DenseProjection):
+            fused[key] = DenseProjection(
+                nn.Sequential(_fuse_activations(OrderedDict(layer.body.named_children()))),
+                nn.Sequential(_fuse_activations(OrderedDict(layer.shortcut.named_children()))))
             i += 1
             continue
         after = items[i + 1][1] if i + 1 < len(items) else None

@@ -302,7 +302,15 @@ def slim_batchnorms(model: nn.Module) -> Iterable[tuple[str, SlimBatchNormBase]]
 
 @dataclass
 class Residual:
-    """An entry of :meth:`SlimmableNet.layer_sequence`: ``x + chain(x)``, where
-    ``chain`` is itself a layer sequence that keeps the channel count."""
+    """An entry of :meth:`SlimmableNet.layer_sequence`: ``chain(x) +
+    shortcut(x)``, both layer sequences. The shortcut a block declares is
+    the identity (``shortcut=None``: ``chain`` keeps the channel count), a
+    projection (a 1x1 conv + BN chain, where the shape changes) or none at
+    all (then the block is no ``Residual``, only its layers)."""
 
     layers: list[tuple[str, nn.Module]]
+    shortcut: list[tuple[str, nn.Module]] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "identity" if self.shortcut is None else "projection"
