@@ -208,6 +208,20 @@ def _release_family(state: dict) -> str | None:
     return next((f for f, spec in RELEASE_FAMILIES.items() if spec[0] in state), None)
 
 
+# AutoSlim releases share their family's keys; one tensor's size tells them
+# apart (the base network holds each layer's largest switch)
+AUTOSLIM_SIGNATURES = {
+    "mobilenet_v1": ("autoslim_mobilenet_v1", "features.0.0.weight", 24),
+    "mobilenet_v2": ("autoslim_mobilenet_v2", "features.18.0.weight", 1920),
+    "resnet50": ("autoslim_resnet50", "features.0.0.weight", 48),
+}
+
+
+def _autoslim_name(family: str, state: dict) -> str | None:
+    name, key, size = AUTOSLIM_SIGNATURES[family]
+    return name if key in state and state[key].shape[0] == size else None
+
+
 def _release_kwargs(family: str, state: dict) -> dict:
     """Builder arguments a release state dict implies beyond its classes:
     a ResNet's blocks per stage (a block with a projection starts a stage)."""
@@ -247,7 +261,11 @@ def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) ->
     state = {k: v for k, v in state.items()
              if not (k.endswith(".num_batches_tracked") and k.removesuffix(".num_batches_tracked")
                      in plain_bns)}
-    if switchable:
+    autoslim = _autoslim_name(family, state) if switchable else None
+    if autoslim is not None:
+        model = create_model(autoslim, num_classes=num_classes, stem=stem)
+        _load_state(model, state, path)
+    elif switchable:
         switches = tuple(widths) if widths else default_switches
         if len(switches) != len(indices):
             raise USSpectrumError(f"checkpoint {path} has {len(indices)} BNs per layer but "

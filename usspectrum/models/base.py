@@ -1,12 +1,15 @@
 """What every slimmable network shares: its slots and how a width is applied."""
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Mapping, Sequence
 
+import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..nn.layers import Residual, SlimBatchNormBase, SlimConv2d, slim_batchnorms  # noqa: F401
+from ..nn.layers import (Residual, SlimBatchNormBase, SlimConv2d,  # noqa: F401
+                         SwitchableBatchNorm2d, slim_batchnorms)
 from ..nn.width import LayerSlot, WidthConfig, WidthLike
 
 KINDS = ("us", "slimmable", "individual")
@@ -89,9 +92,68 @@ class SlimmableNet(nn.Module):
         sub-networks)."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its layer chain")
 
+    def slot_of(self, conv: SlimConv2d) -> int:
+        """Index of the slot that sets ``conv``'s output channels."""
+        for i, convs in enumerate(self._slot_convs):
+            if any(c is conv for c in convs):
+                return i
+        raise ValueError("conv is in no slot")
+
+    def use_named_switches(self, switches: Mapping[str, Sequence[int]],
+                           convs: Sequence[SlimConv2d]) -> None:
+        """Make this a slimmable net whose switches are per-layer channel
+        lists (AutoSlim): ``switches[name][i]`` is the output channel count
+        of ``convs[i]`` at switch ``name``. Every BN becomes a switchable BN
+        with one private BN per switch, sized by what it sees there."""
+        names = tuple(switches)
+        counts: dict[str, list[int | None]] = {n: [None] * len(self.slots) for n in names}
+        for name, values in switches.items():
+            if len(values) != len(convs):
+                raise ValueError(f"switch {name} lists {len(values)} channel counts for "
+                                 f"{len(convs)} layers")
+            for conv, value in zip(convs, values):
+                slot = self.slot_of(conv)
+                if counts[name][slot] not in (None, value):
+                    raise ValueError(f"switch {name} gives tied layers {counts[name][slot]} "
+                                     f"and {value} channels")
+                counts[name][slot] = int(value)
+        self.slots = [dataclasses.replace(slot, named=tuple((n, counts[n][i]) for n in names))
+                      for i, slot in enumerate(self.slots)]
+        seen = {n: self._bn_inputs(n) for n in names}
+        for bn_name, bn in list(slim_batchnorms(self)):
+            parent, _, leaf = bn_name.rpartition(".")
+            switchable = SwitchableBatchNorm2d(bn.num_features, names,
+                                               channels=[seen[n][bn_name] for n in names])
+            setattr(self.get_submodule(parent) if parent else self, leaf, switchable)
+        self.kind, self.switches, self.width_range = "slimmable", names, (1.0, 1.0)
+        self.set_width(1.0)
+
+    @torch.no_grad()
+    def _bn_inputs(self, switch: str) -> dict[str, int]:
+        """Channels each slimmable BN receives at ``switch`` (a tiny forward)."""
+        seen: dict[str, int] = {}
+        handles = [bn.register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, i[0].shape[1]))
+                   for name, bn in slim_batchnorms(self)]
+        was_training = self.training
+        try:
+            self.eval()
+            self.set_width(switch)
+            self(torch.zeros(1, 3, 32, 32))
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        return seen
+
     def active_channels(self) -> list[int]:
         return [c.out_channels if c.out_active is None else c.out_active
                 for c, *_ in self._slot_convs]
+
+
+def has_named_switches(model: nn.Module) -> bool:
+    """Whether ``model``'s switches are named channel lists (AutoSlim)."""
+    switches = getattr(model, "switches", None)
+    return bool(switches) and isinstance(switches[0], str)
 
 
 def leaf_modules(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:

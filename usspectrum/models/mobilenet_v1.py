@@ -55,21 +55,30 @@ class MobileNetV1(SlimmableNet):
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
                  norm: BatchNormFactory = USBatchNorm2d,
-                 average_output: bool = False, repeats: Sequence[int] | None = None) -> None:
+                 average_output: bool = False, repeats: Sequence[int] | None = None,
+                 channels: Sequence[int] | None = None) -> None:
+        """``channels``: full output channels of the stem and of each block
+        (AutoSlim's base network), instead of MobileNet v1 1.0x's."""
         super().__init__()
         stages = _stages(repeats)
+        plan = list(channels) if channels is not None else (
+            [STEM_CHANNELS] + [out for out, count, _ in stages for _ in range(count)])
+        if len(plan) != 1 + sum(count for _, count, _ in stages):
+            raise UsageError(f"MobileNet v1 needs {1 + sum(c for _, c, _ in stages)} channel "
+                             f"counts (stem and blocks), got {len(plan)}")
         if stem not in STEMS:
             raise UsageError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         if num_classes < 1:
             raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         stem_stride, self.default_image_size = STEMS[stem]
-        stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
+        stem_conv = SlimConv2d(3, plan[0], 3, stem_stride, 1, bias=False)
         layers: list[nn.Module] = [
-            nn.Sequential(stem_conv, norm(STEM_CHANNELS), ReLU6(inplace=True))]
+            nn.Sequential(stem_conv, norm(plan[0]), ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
-        inp = STEM_CHANNELS
-        for stage, (out, count, first_stride) in enumerate(stages, start=1):
+        inp = plan[0]
+        for stage, (_, count, first_stride) in enumerate(stages, start=1):
             for i in range(count):
+                out = plan[len(layers)]
                 block = DepthwiseSeparable(inp, out, first_stride if i == 0 else 1,
                                            norm, average_output)
                 self.add_slot(f"features.{len(layers)}", block.body[3], stage)

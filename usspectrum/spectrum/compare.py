@@ -15,6 +15,7 @@ from ..runtime.distributed import context
 from ..errors import USSpectrumError, UsageError
 from ..io.plot import plot_spectrum
 from ..io.results import write_table
+from ..models.base import has_named_switches
 from .sweep import SweepSettings, check_data_fits, default_widths, sweep
 from ..nn.width import WidthConfig, parse_width_list, stage_variants
 
@@ -45,16 +46,20 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
                                   "trained on the same data")
     for model in models:  # every mismatch before any work
         check_data_fits(model, data)
+    given = widths is not None
+    ranged = [m for m in models if not has_named_switches(m)] or models
     if widths is None:  # the widest trained range among the models
-        widths = default_widths(min(models, key=lambda m: (m.kind == "individual",
+        widths = default_widths(min(ranged, key=lambda m: (m.kind == "individual",
                                                            m.width_range[0])))
     out_dir = Path(out_dir)
     frames, marked = [], {}
     for label, model in zip(labels, models):
-        frames.append(sweep(model, data, widths, out_dir / f"{label}.csv", settings, label=label,
+        # an AutoSlim model runs at its own named switches
+        own = default_widths(model) if has_named_switches(model) and not given else widths
+        frames.append(sweep(model, data, own, out_dir / f"{label}.csv", settings, label=label,
                             overwrite=overwrite))
         if model.kind == "slimmable":
-            marked[label] = [str(WidthConfig(s)) for s in model.switches]
+            marked[label] = [str(WidthConfig.coerce(s)) for s in model.switches]
     df = pd.concat(frames, ignore_index=True)
     if not context(settings.device).is_main:
         return df

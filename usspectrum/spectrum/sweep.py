@@ -37,6 +37,7 @@ from .flops import FlopCounter
 from ..io.identity import check_resume, data_identity
 from .latency import measure_speed
 from ..models import model_defaults
+from ..models.base import has_named_switches
 from .passstate import PassState, state_path
 from ..io.results import RowWriter
 from ..nn.width import WidthConfig, WidthLike, format_ratio, parse_width_list
@@ -101,6 +102,13 @@ class SweepSettings:
 
 def check_trained_range(model: nn.Module, config: WidthConfig) -> None:
     """Refuse widths outside what the model was trained for."""
+    if has_named_switches(model):
+        if config.switch not in model.switches:
+            raise UsageError(
+                f"width {config} is not a switch of this model, which runs at its switches "
+                f"{', '.join(model.switches)}; pass --allow-extrapolate to evaluate other "
+                "widths (slices of its base network, never trained)")
+        return
     lo, hi = model.width_range
     ratios = config.layer_ratios or (config.width,)
     if min(ratios) < lo - _TOL or max(ratios) > hi + _TOL:
@@ -115,7 +123,10 @@ DEFAULT_STEP = 0.025  # the step of the authors' released width lists
 def default_widths(model: nn.Module) -> str:
     """The model's trained width range at steps of 0.025 (the authors' width
     lists: 31 widths for MobileNet v1, 27 for v2). An individual model
-    takes its family's US range, the range Figure 2 slices it over."""
+    takes its family's US range, the range Figure 2 slices it over; an
+    AutoSlim model its named switches."""
+    if has_named_switches(model):
+        return ",".join(model.switches)
     lo, hi = model.width_range
     if model.kind == "individual":
         name = getattr(model, "arch", {}).get("name", "")

@@ -1,0 +1,103 @@
+"""AutoSlim networks: switches named by budget, the authors' channel lists,
+their release layout and their FLOPs."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import usspectrum
+from usspectrum import load_checkpoint
+from usspectrum.nn.folding import to_dense
+from helpers import randomize_bn
+
+DATA = Path(usspectrum.__file__).parent / "data" / "autoslim.json"
+# the first and last entries of the authors' yml lists (apps/autoslim_*_train_val.yml)
+YML_ENDS = {"mobilenet_v1": {"150M": (16, 744), "325M": (16, 1128), "572M": (24, 1128)},
+            "resnet50": {"570M": (24, 1680), "1000M": (32, 2016), "2006M": (40, 2016),
+                         "3005M": (48, 2016)}}
+
+
+def lists(family):
+    return json.loads(DATA.read_text())[family]
+
+
+def test_shipped_lists_have_the_authors_lengths_and_ends():
+    for family, ends in YML_ENDS.items():
+        data = lists(family)
+        assert list(data) == list(ends)
+        for name, (first, last) in ends.items():
+            assert data[name][0] == first and data[name][-2] == last and data[name][-1] == 1000
+    # v1: stem + 13 blocks + classes; ResNet-50: stem + 4 stage outputs + 16 x 3 + classes
+    assert {len(v) for v in lists("mobilenet_v1").values()} == {15}
+    assert {len(v) for v in lists("resnet50").values()} == {54}
+
+
+def test_set_width_by_budget_name_gives_the_listed_channels():
+    model = usspectrum.create_model("autoslim_mobilenet_v1")
+    for name, values in lists("mobilenet_v1").items():
+        usspectrum.set_width(model, name)
+        assert model.active_channels() == values[:-1]
+    assert model.switches == ("150M", "325M", "572M") and model.kind == "slimmable"
+    with pytest.raises(usspectrum.UsageError, match="no switch '200M'.*150M, 325M, 572M"):
+        usspectrum.set_width(model, "200M")
+
+
+def test_autoslim_flops_match_the_authors_profiler():
+    # the facts file: their profiler gives 149.9 / 324.8 / 572.1 (v1) and
+    # 570.1 / 999.9 / 2006.1 / 3004.6 (ResNet-50) MFLOPs at 224x224
+    v1 = usspectrum.FlopCounter(usspectrum.create_model("autoslim_mobilenet_v1"), scaled=True)
+    assert [round(v1.at(w).mflops, 1) for w in ("150M", "325M", "572M")] == [149.9, 324.8, 572.1]
+    r50 = usspectrum.FlopCounter(usspectrum.create_model("autoslim_resnet50"), scaled=True)
+    assert ([round(r50.at(w).mflops, 1) for w in ("570M", "1000M", "2006M", "3005M")]
+            == [570.1, 999.9, 2006.1, 3004.6])
+
+
+def hand_v1(state, channels, switch, x):
+    """The authors' AutoSlim-MobileNet v1 at one switch, from the release
+    state dict and that switch's list alone."""
+    s = {k.removeprefix("module."): v for k, v in state.items()}
+
+    def bn(name, y):
+        p, c = f"{name}.bn.{switch}.", y.shape[1]
+        return F.batch_norm(y, s[p + "running_mean"][:c], s[p + "running_var"][:c],
+                            s[p + "weight"][:c], s[p + "bias"][:c], False, 0.0, 1e-5)
+
+    y = F.relu6(bn("features.0.1", F.conv2d(x, s["features.0.0.weight"][:channels[0]], None, 2, 1)))
+    strides = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    for i, (out, stride) in enumerate(zip(channels[1:], strides), start=1):
+        c = y.shape[1]
+        y = F.relu6(bn(f"features.{i}.body.1",
+                       F.conv2d(y, s[f"features.{i}.body.0.weight"][:c], None, stride, 1, 1, c)))
+        y = F.relu6(bn(f"features.{i}.body.4",
+                       F.conv2d(y, s[f"features.{i}.body.3.weight"][:out, :c])))
+    y = y.mean((2, 3))
+    return F.linear(y, s["classifier.0.weight"][:, :y.shape[1]], s["classifier.0.bias"])
+
+
+def test_release_autoslim_v1_is_detected_and_gives_the_authors_logits(tmp_path):
+    source = usspectrum.create_model("autoslim_mobilenet_v1", num_classes=10).eval()
+    randomize_bn(source)
+    state = {f"module.{k}": v.clone() for k, v in source.state_dict().items()}
+    assert state["module.features.0.0.weight"].shape[0] == 24  # the largest switch's stem
+    assert "module.features.13.body.4.bn.2.running_var" in state
+    torch.save({"model": state}, tmp_path / "autoslim_v1.pt")
+    model = load_checkpoint(tmp_path / "autoslim_v1.pt")
+    assert model.arch["name"] == "autoslim_mobilenet_v1" and model.meta["source"] == "release"
+    x = torch.randn(2, 3, 64, 64)
+    for switch, (name, values) in enumerate(lists("mobilenet_v1").items()):
+        usspectrum.set_width(model, name)
+        with torch.no_grad():
+            expected = hand_v1(state, values[:-1], switch, x)
+            assert (model(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+            assert (to_dense(model)(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_sweep_refuses_widths_that_are_not_switches(tmp_path):
+    from usspectrum.spectrum.sweep import check_trained_range, default_widths
+    model = usspectrum.create_model("autoslim_mobilenet_v1", num_classes=3)
+    assert default_widths(model) == "150M,325M,572M"
+    check_trained_range(model, usspectrum.WidthConfig.parse("325M"))
+    with pytest.raises(usspectrum.UsageError, match="not a switch.*--allow-extrapolate"):
+        check_trained_range(model, usspectrum.WidthConfig(0.5))
