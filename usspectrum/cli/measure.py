@@ -20,7 +20,8 @@ from ..spectrum.sweep import SweepSettings, default_widths
 from ..spectrum.sweep import sweep as run_sweep
 from .app import (DISPLAY, check_device, cli, default_out, emit, is_main, note, on_interrupt,
                   parse_repeats, parse_stages)
-from .options import (DATA, JSON, NO_PLOT, SWEEP_OPTIONS, WIDTHS, WIDTHS_DEFAULT_HELP, build,
+from .options import (DATA, JSON, NO_PLOT, REFERENCE, SWEEP_OPTIONS, WIDTHS, WIDTHS_DEFAULT_HELP,
+                      build,
                       stack, sweep_setting, x_column)
 
 RESUME_HINT = "rerun the same command to resume"
@@ -32,9 +33,10 @@ RESUME_HINT = "rerun the same command to resume"
 @click.option("-o", "--out", default=None, help="CSV to write/resume [default: CKPT-sweep.csv].")
 @click.option("--label", default=None, help="Name of this model in the CSV and plot.")
 @NO_PLOT
+@REFERENCE
 @JSON
-def sweep_cmd(checkpoint, data, widths, out, label, no_plot, as_json, x_axis, overwrite,
-              **kw) -> None:
+def sweep_cmd(checkpoint, data, widths, out, label, no_plot, reference, as_json, x_axis,
+              overwrite, **kw) -> None:
     """Accuracy and MFLOPs of CHECKPOINT at every width.
 
     BN is calibrated per width unless the checkpoint stores statistics for it.
@@ -48,6 +50,7 @@ def sweep_cmd(checkpoint, data, widths, out, label, no_plot, as_json, x_axis, ov
       usspectrum sweep us.pt --data DIR --widths 0.25,0.5,0.75,1.0 --eval-images 2000
       usspectrum sweep us.pt --data DIR --widths 0.5@s5x0.6,0.75@s5x0.6 -o stage5.csv
       usspectrum sweep individual.pt --data DIR --allow-extrapolate
+      usspectrum sweep us_v1_release.pt --data IMAGENET --reference us_mobilenet_v1
     """
     settings = build(SweepSettings, kw)
     x = x_column(x_axis, settings)
@@ -56,7 +59,8 @@ def sweep_cmd(checkpoint, data, widths, out, label, no_plot, as_json, x_axis, ov
     df = run_sweep(checkpoint, data, widths, out, settings=settings, label=label,
                    overwrite=overwrite)
     if not no_plot and is_main():
-        paths = plot_spectrum(df, Path(out).with_suffix(""), x=x, title=df["model"].iloc[0])
+        paths = plot_spectrum(df, Path(out).with_suffix(""), x=x, title=df["model"].iloc[0],
+                              reference=reference)
         note(f"plot: {', '.join(map(str, paths))}")
     emit(df[DISPLAY], None, as_json)
     note(f"results: {out}")
@@ -69,9 +73,10 @@ def sweep_cmd(checkpoint, data, widths, out, label, no_plot, as_json, x_axis, ov
               help="Folder for per-model CSVs, compare.csv and compare.png/svg.")
 @click.option("--label", "labels", multiple=True, help="One name per checkpoint (repeat).")
 @NO_PLOT
+@REFERENCE
 @JSON
-def compare_cmd(checkpoints, data, widths, out, labels, no_plot, as_json, x_axis, overwrite,
-                **kw) -> None:
+def compare_cmd(checkpoints, data, widths, out, labels, no_plot, reference, as_json, x_axis,
+                overwrite, **kw) -> None:
     """Several checkpoints at the same widths, one figure.
 
     As in the US-Nets paper's Figure 2: every width is BN-calibrated; an
@@ -88,7 +93,7 @@ def compare_cmd(checkpoints, data, widths, out, labels, no_plot, as_json, x_axis
     settings.allow_extrapolate = True
     on_interrupt(f"finished rows are kept in {out}/; {RESUME_HINT}")
     df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot, x=x,
-                     overwrite=overwrite)
+                     overwrite=overwrite, reference=reference)
     emit(df[DISPLAY], None, as_json)
     note(f"results: {Path(out) / 'compare.csv'}")
 
@@ -142,7 +147,9 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
 @click.option("--x", "x", type=click.Choice(["mflops", "latency"]), default="mflops",
               show_default=True, help="x-axis; latency needs CSVs swept with --latency.")
 @click.option("--title", default=None)
-def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None:
+@REFERENCE
+def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None,
+             reference: tuple[str, ...]) -> None:
     """Redraw spectra from CSV files alone.
 
     \b
@@ -150,6 +157,7 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
       usspectrum plot us-sweep.csv s-sweep.csv -o figure2
       usspectrum plot compare.csv -o compare --title "CIFAR-10"
       usspectrum plot us-sweep.csv -o us-latency --x latency
+      usspectrum plot us-sweep.csv -o vs-paper --reference us_mobilenet_v1
     """
     x = "latency_ms" if x == "latency" else x
     frames = []
@@ -162,7 +170,8 @@ def plot_cmd(csvs: tuple[str, ...], out: str, x: str, title: str | None) -> None
             raise UsageError(f"{path} is not a readable CSV") from None
         check_columns(df, path, x)
         frames.append(df)
-    paths = plot_spectrum(pd.concat(frames, ignore_index=True), out, x=x, title=title)
+    paths = plot_spectrum(pd.concat(frames, ignore_index=True), out, x=x, title=title,
+                          reference=reference)
     click.echo("wrote " + ", ".join(map(str, paths)))
 
 

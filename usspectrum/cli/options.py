@@ -78,6 +78,10 @@ OVERWRITE = click.option(
     help="Measure again into an existing output instead of resuming it (needed when its rows "
          "were measured with other settings or data).")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+REFERENCE = click.option(
+    "--reference", "reference", multiple=True, metavar="MODEL",
+    help="Also draw the authors' published curve of this released model (names: "
+         "usspectrum published); repeatable.")
 NO_PLOT = click.option("--no-plot", is_flag=True, help="Do not write the PNG/SVG plot.")
 X_AXIS = click.option("--x", "x_axis", type=click.Choice(["mflops", "latency"]), default="mflops",
                       show_default=True, help="Plot x-axis (latency needs --latency).")

@@ -11,7 +11,7 @@ from ..spectrum.search import GRANULARITIES, SearchSettings, budget_report
 from ..spectrum.search import search as run_search
 from ..spectrum.sweep import SweepSettings
 from .app import cli, default_out, note, on_interrupt, parse_numbers
-from .options import OVERWRITE, build, setting, stack, sweep_setting
+from .options import OVERWRITE, REFERENCE, build, setting, stack, sweep_setting
 
 
 def _search(name: str, *decls: str, **kw):
@@ -43,10 +43,11 @@ def _search(name: str, *decls: str, **kw):
               "budget table and plot go beside it.")
 @stack(_search("batch_size"), _search("seed"), _search("workers"))
 @click.option("--no-report", is_flag=True, help="Only the greedy path, no validation report.")
+@REFERENCE
 @OVERWRITE
 @_search("progress", "--quiet", invert=True, help="No progress bars.")
 def search_cmd(checkpoint, data, budget, latency_budget, eval_images, report_calib_images,
-               stage_csv, out, no_report, overwrite, **kw) -> None:
+               stage_csv, out, no_report, reference, overwrite, **kw) -> None:
     """Slim a US-Net greedily under MFLOPs or latency budgets.
 
     From the largest width, repeatedly slim the group (stage or layer) whose
@@ -62,6 +63,7 @@ def search_cmd(checkpoint, data, budget, latency_budget, eval_images, report_cal
       usspectrum search us.pt --data DIR --budget 5:40:5 --granularity layer
       usspectrum search us.pt --data DIR --latency-budget 1.5,2.5 --per-flop
       usspectrum search us.pt --data DIR --budget 20 --stage-csv us-slim-stage.csv
+      usspectrum search us.pt --data DIR --budget 150,325,572 --reference autoslim_mobilenet_v1
     """
     budgets = parse_numbers(budget, "--budget")
     latency_budgets = parse_numbers(latency_budget, "--latency-budget")
@@ -81,7 +83,7 @@ def search_cmd(checkpoint, data, budget, latency_budget, eval_images, report_cal
                                    progress=settings.progress)
     table = budget_report(checkpoint, data, path, budgets, Path(out).parent,
                           latency_budgets=latency_budgets, stage_csv=stage_csv,
-                          sweep_settings=sweep_settings)
+                          sweep_settings=sweep_settings, reference=reference)
     click.echo(table.to_string(index=False))
     note(f"budgets: {Path(out).parent / 'search-budgets.csv'}; plot: "
          f"{Path(out).parent / 'search.png'}")

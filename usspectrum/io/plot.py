@@ -9,6 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import UsageError
+from .published import published
 from .results import ensure_writable
 
 X_AXES = {"mflops": "MFLOPs", "latency_ms": "Latency (ms, batch 1)"}
@@ -50,16 +51,22 @@ def series_of(df: pd.DataFrame) -> pd.Series:
 
 def plot_spectrum(df: pd.DataFrame, out: str | os.PathLike, *, x: str = "mflops",
                   title: str | None = None, formats: Sequence[str] = ("png", "svg"),
-                  marked: dict[str, Sequence[str]] | None = None) -> list[Path]:
+                  marked: dict[str, Sequence[str]] | None = None,
+                  reference: Sequence[str] = ()) -> list[Path]:
     """Draw one curve per series and write ``out`` with each suffix in
     ``formats``. ``marked[series]`` lists widths drawn as large hollow
-    markers (an S-Net's trained switches)."""
+    markers (an S-Net's trained switches). ``reference`` names released
+    models whose published curves (:mod:`usspectrum.io.published`) are
+    drawn dashed and grey, labelled as published (MFLOPs axis only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     check_columns(df, "the results table", x)
+    references = [published(name) for name in reference]  # unknown names fail before drawing
+    if references and x != "mflops":
+        raise UsageError("published curves are in MFLOPs; drop --reference or plot --x mflops")
     df = df.assign(_series=series_of(df))
     style = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
              "xtick.labelsize": 7, "ytick.labelsize": 7}
@@ -75,6 +82,7 @@ def plot_spectrum(df: pd.DataFrame, out: str | os.PathLike, *, x: str = "mflops"
                 ax.plot(hits[x], hits["top1"], linestyle="none", marker="o", markersize=7,
                         markerfacecolor="none", markeredgecolor=line.get_color(),
                         markeredgewidth=1.0)
+        _draw_references(ax, references)
         ax.set_xlabel(X_AXES.get(x, x))
         ax.set_ylabel("Top-1 accuracy (%)")
         ax.grid(True, linewidth=0.4, alpha=0.5)
@@ -93,3 +101,16 @@ def plot_spectrum(df: pd.DataFrame, out: str | os.PathLike, *, x: str = "mflops"
             written.append(path)
         plt.close(fig)
     return written
+
+
+REFERENCE_STYLES = (("0.35", "--"), ("0.55", ":"), ("0.2", "-."), ("0.7", "--"))
+
+
+def _draw_references(ax, references: Sequence[pd.DataFrame]) -> None:
+    """Published curves: grey, dashed, hollow markers, "(published)" labels."""
+    for i, ref in enumerate(references):
+        color, dashes = REFERENCE_STYLES[i % len(REFERENCE_STYLES)]
+        rows = ref.sort_values("mflops")
+        ax.plot(rows["mflops"], rows["top1"], color=color, linestyle=dashes, linewidth=1.0,
+                marker="o", markersize=3, markerfacecolor="none",
+                label=f"{rows['model'].iloc[0]} (published)")

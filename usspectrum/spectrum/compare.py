@@ -22,7 +22,8 @@ from ..nn.width import WidthConfig, parse_width_list, stage_variants
 def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
             widths: str | Sequence | None, out_dir: str | os.PathLike,
             settings: SweepSettings | None = None, labels: Sequence[str] | None = None,
-            plot: bool = True, x: str = "mflops", overwrite: bool = False) -> pd.DataFrame:
+            plot: bool = True, x: str = "mflops", overwrite: bool = False,
+            reference: Sequence[str] = ()) -> pd.DataFrame:
     """Sweep every checkpoint at the same widths (BN calibrated at every
     width, widths outside a model's trained range allowed) and write
     ``compare.csv`` plus one plot with a curve per model; per-model CSVs in
@@ -65,7 +66,7 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
         return df
     write_table(df, out_dir / "compare.csv")
     if plot:
-        plot_spectrum(df, out_dir / "compare", marked=marked, x=x,
+        plot_spectrum(df, out_dir / "compare", marked=marked, x=x, reference=reference,
                       title="Accuracy vs MFLOPs (BN calibrated at every width)")
     return df
 

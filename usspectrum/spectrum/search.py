@@ -355,12 +355,13 @@ def nearest_uniform(counter: FlopCounter, model: nn.Module, mflops: float,
 def budget_report(checkpoint: str | os.PathLike, data: str | os.PathLike, path: pd.DataFrame,
                   budgets: Sequence[float], out_dir: str | os.PathLike, *,
                   latency_budgets: Sequence[float] = (), stage_csv: str | None = None,
-                  sweep_settings=None, path_points: int = 12, plot: bool = True
-                  ) -> pd.DataFrame:
+                  sweep_settings=None, path_points: int = 12, plot: bool = True,
+                  reference: Sequence[str] = ()) -> pd.DataFrame:
     """Val top-1 of the searched config at each budget and of the uniform
     width with the nearest FLOPs at or above it; ``search-budgets.csv`` and a
     plot of the greedy path against the uniform spectrum (and the per-stage
-    curves of ``stage_csv``, a slim-stage CSV) in ``out_dir``."""
+    curves of ``stage_csv``, a slim-stage CSV, and the published curves of
+    ``reference``) in ``out_dir``."""
     from ..io.plot import plot_spectrum, stage_series
     from ..io.results import write_table
     from .sweep import SweepSettings, default_widths, sweep
@@ -415,5 +416,5 @@ def budget_report(checkpoint: str | os.PathLike, data: str | os.PathLike, path: 
                                         "width": "stage", "mflops": stages["mflops"],
                                         "top1": stages["top1"]}))
         plot_spectrum(pd.concat(frames, ignore_index=True), out_dir / "search",
-                      title="Greedy slimming vs uniform widths (val)")
+                      title="Greedy slimming vs uniform widths (val)", reference=reference)
     return table
