@@ -45,10 +45,13 @@ def test_set_width_by_budget_name_gives_the_listed_channels():
 
 
 def test_autoslim_flops_match_the_authors_profiler():
-    # the facts file: their profiler gives 149.9 / 324.8 / 572.1 (v1) and
+    # the facts file: their profiler gives 149.9 / 324.8 / 572.1 (v1),
+    # 206.9 / 305.2 / 505.0 (v2) and
     # 570.1 / 999.9 / 2006.1 / 3004.6 (ResNet-50) MFLOPs at 224x224
     v1 = usspectrum.FlopCounter(usspectrum.create_model("autoslim_mobilenet_v1"), scaled=True)
     assert [round(v1.at(w).mflops, 1) for w in ("150M", "325M", "572M")] == [149.9, 324.8, 572.1]
+    v2 = usspectrum.FlopCounter(usspectrum.create_model("autoslim_mobilenet_v2"), scaled=True)
+    assert [round(v2.at(w).mflops, 1) for w in ("207M", "305M", "505M")] == [206.9, 305.2, 505.0]
     r50 = usspectrum.FlopCounter(usspectrum.create_model("autoslim_resnet50"), scaled=True)
     assert ([round(r50.at(w).mflops, 1) for w in ("570M", "1000M", "2006M", "3005M")]
             == [570.1, 999.9, 2006.1, 3004.6])
@@ -101,3 +104,36 @@ def test_sweep_refuses_widths_that_are_not_switches(tmp_path):
     check_trained_range(model, usspectrum.WidthConfig.parse("325M"))
     with pytest.raises(usspectrum.UsageError, match="not a switch.*--allow-extrapolate"):
         check_trained_range(model, usspectrum.WidthConfig(0.5))
+
+
+def test_autoslim_v2_release_layout_is_detected_and_follows_the_lists(tmp_path):
+    source = usspectrum.create_model("autoslim_mobilenet_v2", num_classes=10).eval()
+    randomize_bn(source)
+    state = {f"module.{k}": v.clone() for k, v in source.state_dict().items()}
+    # the base network: the last conv keeps 1920 channels (1280 in MobileNet v2 1.0x)
+    # and every BN holds one BN per switch, the last one included
+    assert state["module.features.18.0.weight"].shape[0] == 1920
+    assert "module.features.18.1.bn.2.running_var" in state
+    assert "module.features.1.body.3.weight" in state  # the first block: no expansion
+    assert "module.features.1.body.6.weight" not in state
+    torch.save({"model": state}, tmp_path / "autoslim_v2.pt")
+    model = load_checkpoint(tmp_path / "autoslim_v2.pt")
+    assert model.arch["name"] == "autoslim_mobilenet_v2"
+    x = torch.randn(2, 3, 64, 64)
+    for name, values in lists("mobilenet_v2").items():
+        usspectrum.set_width(model, name)
+        convs = [m for m in model.modules() if isinstance(m, usspectrum.nn.layers.SlimConv2d)
+                 and not m.depthwise]
+        seen = {}
+        hooks = [c.register_forward_hook(lambda m, i, o, c=c: seen.__setitem__(c, o.shape[1]))
+                 for c in convs]
+        with torch.no_grad():
+            out = model(x)
+        for h in hooks:
+            h.remove()
+        # the authors' list, in their order: each non-depthwise conv's outputs
+        assert [seen[c] for c in convs] == list(values[:-1])
+        source.set_width(name)
+        with torch.no_grad():
+            torch.testing.assert_close(out, source(x))
+            torch.testing.assert_close(to_dense(model)(x), out, rtol=1e-4, atol=1e-4)

@@ -20,6 +20,7 @@ from typing import Sequence
 from ..nn.layers import SlimConv2d, USBatchNorm2d
 from .base import SlimmableNet
 from .mobilenet_v1 import MobileNetV1
+from .mobilenet_v2 import STAGES as V2_STAGES, MobileNetV2, V2Plan, _us_norm
 from .registry import register_model
 from .resnet import DEPTH, Plan, ResNet
 
@@ -48,6 +49,34 @@ def autoslim_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet") -> Mo
     switches = autoslim_switches("mobilenet_v1")
     model = MobileNetV1(num_classes, stem, USBatchNorm2d, channels=_largest(switches))
     convs = [model.features[0][0], *(block.body[3] for block in model.features[1:])]
+    return _finish(model, switches, convs)
+
+
+def _v2_plan(largest: Sequence[int]) -> V2Plan:
+    """A MobileNet v2 plan from a list in the authors' order: stem, the first
+    block's output (it has no expansion), (hidden, output) per later block,
+    the last conv."""
+    stem, first_out, *pairs, tail = largest
+    flat = [(stem, first_out)] + list(zip(pairs[::2], pairs[1::2]))
+    stages, i = [], 0
+    for _, _, n, _ in V2_STAGES:
+        block_pairs = flat[i:i + n]
+        out = max(o for _, o in block_pairs)  # a residual chain: one output count
+        stages.append(tuple((h, out) for h, _ in block_pairs))
+        i += n
+    return stem, tuple(stages), tail
+
+
+@register_model
+def autoslim_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet") -> MobileNetV2:
+    """AutoSlim-MobileNet v2: switches ``207M``, ``305M``, ``505M``."""
+    switches = autoslim_switches("mobilenet_v2")
+    model = MobileNetV2(num_classes, stem, _us_norm, plan=_v2_plan(_largest(switches)))
+    blocks = list(model.features[1:-1])
+    convs = [model.features[0][0], blocks[0].project_conv]
+    for block in blocks[1:]:
+        convs.extend([block.expand_conv, block.project_conv])
+    convs.append(model.features[-1][0])
     return _finish(model, switches, convs)
 
 

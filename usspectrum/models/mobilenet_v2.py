@@ -58,12 +58,14 @@ class InvertedResidual(nn.Module):
     BN; plus the input when ``residual`` (stride 1, same channels)."""
 
     def __init__(self, inp: int, out: int, stride: int, expand: int,
-                 norm: BatchNormFactory, average_output: bool) -> None:
+                 norm: BatchNormFactory, average_output: bool, hidden: int | None = None) -> None:
+        """``hidden``: the expansion's channels when not ``inp * expand``
+        (AutoSlim); no expansion conv when it equals ``inp``."""
         super().__init__()
-        hidden = inp * expand
+        hidden = inp * expand if hidden is None else hidden
         self.residual = stride == 1 and inp == out
         layers: list[nn.Module] = []
-        if expand != 1:
+        if hidden != inp:
             layers += [SlimConv2d(inp, hidden, 1, 1, 0, bias=False, average_output=average_output),
                        norm(hidden, expand), ReLU6(inplace=True)]
         layers += [SlimConv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
@@ -71,7 +73,7 @@ class InvertedResidual(nn.Module):
                    SlimConv2d(hidden, out, 1, 1, 0, bias=False, average_output=average_output),
                    norm(out, 1)]
         self.body = nn.Sequential(*layers)
-        self.expands = expand != 1
+        self.expands = hidden != inp
 
     # properties, not attributes: a second reference would register the
     # conv under a second name and add keys to the state dict
@@ -88,28 +90,49 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+# full channels: stem, per stage [(hidden, out) per block], the last conv
+# (None: 1280, not slimmed)
+V2Plan = tuple[int, tuple[tuple[tuple[int, int], ...], ...], "int | None"]
+
+
+def standard_plan(counts: Sequence[int]) -> V2Plan:
+    """MobileNet v2 1.0x: hidden = t * the block's input channels."""
+    stages, inp = [], STEM_CHANNELS
+    for (t, c, _, _), n in zip(STAGES, counts):
+        stages.append(tuple((t * (inp if i == 0 else c), c) for i in range(n)))
+        inp = c
+    return STEM_CHANNELS, tuple(stages), None
+
+
 class MobileNetV2(SlimmableNet):
     """MobileNet v2 whose every layer can run on its first channels."""
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
                  norm: BatchNormFactory = _us_norm, average_output: bool = False,
-                 repeats: Sequence[int] | None = None) -> None:
+                 repeats: Sequence[int] | None = None, plan: V2Plan | None = None) -> None:
+        """``plan``: full channels of AutoSlim's base network instead of
+        MobileNet v2 1.0x's (then the last conv is slimmable too)."""
         super().__init__()
         counts = check_repeats(repeats, [n for _, _, n, _ in STAGES])
+        if plan is not None and [len(b) for b in plan[1]] != list(counts):
+            raise UsageError("a MobileNet v2 plan needs one (hidden, out) pair per block")
+        plan = plan or standard_plan(counts)
         if stem not in STEMS:
             raise UsageError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         if num_classes < 1:
             raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         stem_stride, self.default_image_size = STEMS[stem]
-        stem_conv = SlimConv2d(3, STEM_CHANNELS, 3, stem_stride, 1, bias=False)
+        stem_channels, stage_plans, tail = plan
+        stem_conv = SlimConv2d(3, stem_channels, 3, stem_stride, 1, bias=False)
         layers: list[nn.Module] = [
-            nn.Sequential(stem_conv, norm(STEM_CHANNELS, 1), ReLU6(inplace=True))]
+            nn.Sequential(stem_conv, norm(stem_channels, 1), ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
-        inp = STEM_CHANNELS
-        for stage, ((t, c, _, s), n) in enumerate(zip(STAGES, counts), start=1):
-            first = len(layers)
+        inp = stem_channels
+        for stage, ((t, _, n, s), pairs) in enumerate(zip(STAGES, stage_plans), start=1):
+            first, c = len(layers), pairs[0][1]
             blocks = [InvertedResidual(inp if i == 0 else c, c, s if i == 0 else 1, t, norm,
-                                       average_output) for i in range(n)]
+                                       average_output, hidden) for i, (hidden, _) in enumerate(pairs)]
+            t = t if plan[2] is None else 1  # AutoSlim's expansions are free channel counts
             layers.extend(blocks)
             inp = c
             expand_slots = [(f"features.{first + i}.body.0", b.expand_conv)
@@ -122,14 +145,17 @@ class MobileNetV2(SlimmableNet):
                           [b.project_conv for b in blocks], stage)
             for name, conv in expand_slots[1:]:
                 self.add_slot(name, conv, stage, multiple=t)
-        # the 1280-channel conv reads the slimmed features; its output is not slimmed
-        last_conv = SlimConv2d(inp, LAST_CHANNELS, 1, 1, 0, bias=False,
-                               average_output=average_output)
-        layers.append(nn.Sequential(last_conv, USBatchNorm2d(LAST_CHANNELS),
-                                    ReLU6(inplace=True)))
+        # the 1280-channel conv reads the slimmed features; its output is not
+        # slimmed, except in AutoSlim's base network
+        last = LAST_CHANNELS if tail is None else tail
+        last_conv = SlimConv2d(inp, last, 1, 1, 0, bias=False, average_output=average_output)
+        layers.append(nn.Sequential(
+            last_conv, USBatchNorm2d(last) if tail is None else norm(last, 1), ReLU6(inplace=True)))
+        if tail is not None:
+            self.add_slot(f"features.{len(layers) - 1}", last_conv, stage=len(STAGES))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(SlimLinear(LAST_CHANNELS, num_classes))
+        self.classifier = nn.Sequential(SlimLinear(last, num_classes))
         self.num_classes = num_classes
         init_weights(self)
 

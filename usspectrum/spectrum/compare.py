@@ -47,7 +47,6 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
                                   "trained on the same data")
     for model in models:  # every mismatch before any work
         check_data_fits(model, data)
-    given = widths is not None
     ranged = [m for m in models if not has_named_switches(m)] or models
     if widths is None:  # the widest trained range among the models
         widths = default_widths(min(ranged, key=lambda m: (m.kind == "individual",
@@ -55,8 +54,8 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
     out_dir = Path(out_dir)
     frames, marked = [], {}
     for label, model in zip(labels, models):
-        # an AutoSlim model runs at its own named switches
-        own = default_widths(model) if has_named_switches(model) and not given else widths
+        # an AutoSlim model runs at its own named switches only
+        own = default_widths(model) if has_named_switches(model) else widths
         frames.append(sweep(model, data, own, out_dir / f"{label}.csv", settings, label=label,
                             overwrite=overwrite))
         if model.kind == "slimmable":
