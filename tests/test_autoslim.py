@@ -137,3 +137,11 @@ def test_autoslim_v2_release_layout_is_detected_and_follows_the_lists(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(out, source(x))
             torch.testing.assert_close(to_dense(model)(x), out, rtol=1e-4, atol=1e-4)
+
+
+def test_search_refuses_an_autoslim_net_and_points_to_reference(tmp_path):
+    from usspectrum.spectrum.search import search
+    model = usspectrum.create_model("autoslim_mobilenet_v1", num_classes=3)
+    with pytest.raises(usspectrum.UsageError,
+                       match="fixed switches.*--reference autoslim_mobilenet_v1"):
+        search(model, tmp_path, tmp_path / "search.csv")

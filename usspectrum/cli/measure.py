@@ -204,6 +204,7 @@ def calibrate_cmd(checkpoint: str, data: str, widths: str, out: str, **kw) -> No
               help="Registered model name (see --list).")
 @click.option("--widths", default=None,
               help="START:STOP:STEP, a comma list, or config strings like 0.75@s5x0.6 "
+                   "or an AutoSlim switch such as 150M "
                    "[default: " + WIDTHS_DEFAULT_HELP + "].")
 @click.option("--image-size", type=int, default=None,
               help="Input side length [default: 224 for the ImageNet stem, 32 for CIFAR].")
@@ -234,6 +235,8 @@ def flops(model_name: str, widths: str, image_size: int | None, stem: str, num_c
       usspectrum flops --widths 0.25,0.5,0.75,1.0 --stem cifar --csv flops.csv
       usspectrum flops --widths 0.5:1.0:0.1 --stage 5 --ratio 0.6
       usspectrum flops --widths 0.75@s1x0.6@s5x0.8 --json
+      usspectrum flops --model s_resnet50 --widths 0.25,0.5,0.75,1.0
+      usspectrum flops --model autoslim_mobilenet_v1 --widths 150M,325M,572M
     """
     if list_only:
         click.echo("\n".join(list_models()))

@@ -31,11 +31,14 @@ class SlimmableNet(nn.Module):
     - **rounding**: ``channel_rounding``, the rule that turns
       ``channels * ratio`` into a count (:data:`~usspectrum.nn.width.CHANNEL_ROUNDING`:
       ``make_divisible`` for MobileNets, ``int`` for the authors' ResNet
-      and ShuffleNet).
+      and ShuffleNet), or, for AutoSlim, a fixed channel list per named
+      switch (:meth:`use_named_switches`).
     - **layer sequence**: :meth:`layer_sequence`, the leaf modules in the
-      order ``forward`` applies them, with a :class:`Residual` entry for each
-      skip connection; folding a width into a plain network, shared prefixes
-      and FLOPs counting all follow it.
+      order ``forward`` applies them; each residual block declares its
+      shortcut as a :class:`Residual` entry, identity (``shortcut=None``) or
+      projection (the shortcut's conv + BN sequence); a block without a
+      shortcut is just its layers. Folding a width into a plain network,
+      BN calibration, shared prefixes and FLOPs counting all follow it.
     - ``default_image_size`` and the slimmable layers of
       :mod:`usspectrum.nn.layers` (``SlimConv2d``, a slimmable BN, ``SlimLinear``).
 

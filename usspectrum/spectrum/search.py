@@ -40,6 +40,7 @@ from ..io.data import (check_calib_augment, check_classes, checkpoint_calibratio
                    eval_transform, fitted_count, make_loader, open_split)
 from ..nn.folding import to_dense
 from ..errors import UsageError
+from ..models.base import has_named_switches
 from .calibration import DenseCalibrator
 from .evaluate import evaluate
 from .flops import FlopCounter
@@ -181,6 +182,11 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
     model = (checkpoint if isinstance(checkpoint, nn.Module)
              else load_checkpoint(checkpoint)).eval()
     lo, hi = model.width_range
+    if has_named_switches(model):
+        raise UsageError(f"{model.meta.get('path', 'the model')} is an AutoSlim net with fixed "
+                         f"switches ({', '.join(model.switches)}), itself a search's answer; "
+                         "search a US-Net and compare with --reference "
+                         f"{model.arch['name']}")
     if hi - lo < _TOL:
         raise UsageError(f"{model.meta.get('path', 'the model')} was trained at width "
                          f"{format_ratio(hi)} only ({model.kind}); the search needs a network "
