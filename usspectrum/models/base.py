@@ -148,6 +148,17 @@ class SlimmableNet(nn.Module):
             self.train(was_training)
         return seen
 
+    # Families lay out ``features`` (stem and blocks), ``pool`` and
+    # ``classifier``; forward and the head of the layer sequence follow it.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+    def head_sequence(self) -> list[tuple[str, nn.Module]]:
+        """The layer sequence after ``features``: pool, flatten, classifier."""
+        return [("pool", self.pool), ("flatten", nn.Flatten(1)),
+                *leaf_modules(self.classifier, "classifier")]
+
     def active_channels(self) -> list[int]:
         return [c.out_channels if c.out_active is None else c.out_active
                 for c, *_ in self._slot_convs]

@@ -91,13 +91,7 @@ class MobileNetV1(SlimmableNet):
         init_weights(self)
 
     def layer_sequence(self) -> list[tuple[str, nn.Module]]:
-        return [*leaf_modules(self.features, "features"), ("pool", self.pool),
-                ("flatten", nn.Flatten(1)), *leaf_modules(self.classifier, "classifier")]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
-
+        return [*leaf_modules(self.features, "features"), *self.head_sequence()]
 
 def _stages(repeats: Sequence[int] | None) -> tuple[tuple[int, int, int], ...]:
     counts = check_repeats(repeats, [n for _, n, _ in STAGES])

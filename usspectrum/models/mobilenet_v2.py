@@ -168,13 +168,7 @@ class MobileNetV2(SlimmableNet):
                 sequence.extend([(name, Residual(body))] if layer.residual else body)
             else:
                 sequence.extend(leaf_modules(layer, name))
-        return [*sequence, ("pool", self.pool), ("flatten", nn.Flatten(1)),
-                *leaf_modules(self.classifier, "classifier")]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
-
+        return [*sequence, *self.head_sequence()]
 
 @register_model
 def us_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet",

@@ -132,13 +132,7 @@ class ResNet(SlimmableNet):
                 sequence.append((f"{name}.post_relu", layer.post_relu))
             else:
                 sequence.extend(leaf_modules(layer, name))
-        return [*sequence, ("pool", self.pool), ("flatten", nn.Flatten(1)),
-                *leaf_modules(self.classifier, "classifier")]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
-
+        return [*sequence, *self.head_sequence()]
 
 @register_model
 def us_resnet50(num_classes: int = 1000, stem: str = "imagenet",
