@@ -10,6 +10,7 @@ from .io.data import ImageSpec
 from .errors import USSpectrumError, UsageError
 from .spectrum.evaluate import evaluate
 from .io.plot import plot_spectrum
+from .io.published import published
 from .spectrum.sweep import SweepSettings, sweep
 from .training.config import TrainConfig
 from .training.loop import train
@@ -33,6 +34,6 @@ __all__ = [
     "Cost", "FlopCounter", "ImageSpec", "SweepSettings", "USSpectrumError", "UsageError",
     "WidthConfig", "calibrate", "calibrate_checkpoint", "count_flops", "create_model",
     "evaluate", "list_models", "load_checkpoint", "make_divisible", "parse_width_list",
-    "plot_spectrum", "register_model", "save_checkpoint", "set_width", "sweep",
+    "plot_spectrum", "published", "register_model", "save_checkpoint", "set_width", "sweep",
     "TrainConfig", "train", "SearchSettings", "search",
 ]
