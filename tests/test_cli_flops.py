@@ -43,7 +43,7 @@ def test_flops_json_at_another_input_size():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--model", "nope"], "known models: mobilenet_v1"),
+    (["--model", "nope"], "known models: autoslim_mobilenet_v1, autoslim_mobilenet_v2"),
     (["--widths", "1.2"], "(0, 1]"),
     (["--widths", "0.5:x"], "malformed"),
     (["--stage", "6", "--ratio", "0.6"], "out of range"),

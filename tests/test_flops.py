@@ -111,14 +111,17 @@ def test_dense_trace_counts_like_the_sliced_trace(kind):
 
 
 @pytest.mark.parametrize("name, kw", [("us_mobilenet_v1", {}), ("us_mobilenet_v2", {}),
-                                      ("us_mobilenet_v1", {"repeats": (1, 1, 2, 1, 1)})])
+                                      ("us_mobilenet_v1", {"repeats": (1, 1, 2, 1, 1)}),
+                                      ("us_resnet50", {"repeats": (1, 2, 1, 1)}),
+                                      ("autoslim_mobilenet_v2", {})])
 def test_scaled_counts_equal_fvcore_traces(name, kw):
     from usspectrum.spectrum.flops import FlopCounter
 
     model = usspectrum.create_model(name, stem="cifar", num_classes=10, **kw)
     traced, scaled = FlopCounter(model, 32), FlopCounter(model, 32, scaled=True)
     rng = random.Random(1)
-    configs = [0.25, 0.5, 1.0, "0.7@s3x0.6"] + [
+    named = list(model.switches) if name.startswith("autoslim") else []
+    configs = [0.25, 0.5, 1.0, "0.7@s3x0.6", *named] + [
         WidthConfig.per_layer([rng.uniform(0.25, 1.0) for _ in model.slots]) for _ in range(3)]
     for config in configs:
         a, b = traced.at(config), scaled.at(config)
