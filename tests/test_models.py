@@ -73,7 +73,7 @@ def test_bad_model_arguments(kwargs):
 
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(usspectrum.UsageError, match="us_mobilenet_v1"):
-        usspectrum.create_model("resnet50")
+        usspectrum.create_model("vgg16")
 
 
 def test_inverted_width_range_is_refused():
