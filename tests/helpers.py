@@ -175,3 +175,26 @@ def dense_v2(model, width, switch=None, stats=None, stem_stride=1, repeats=None)
     fc = nn.Linear(1280, src.out_features)
     fc.weight.data, fc.bias.data = src.weight.clone(), src.bias.clone()
     return HandV2(stem, blocks, tail, fc).eval()
+
+
+def release_ops(state, switch):
+    """A release state dict without its ``module.`` prefixes, and the
+    authors' slimmable layers at switch number ``switch`` as functions:
+    ``bn(name, y)`` (that switch's BN over y's channels) and
+    ``conv(name, y, out, stride=1, groups=1)`` (the first ``out`` filters
+    over y's channels, padding kernel // 2)."""
+    import torch.nn.functional as F
+
+    s = {k.removeprefix("module."): v for k, v in state.items()}
+
+    def bn(name, y):
+        p, c = f"{name}.bn.{switch}.", y.shape[1]
+        return F.batch_norm(y, s[p + "running_mean"][:c], s[p + "running_var"][:c],
+                            s[p + "weight"][:c], s[p + "bias"][:c], False, 0.0, 1e-5)
+
+    def conv(name, y, out, stride=1, groups=1):
+        w = s[f"{name}.weight"]
+        return F.conv2d(y, w[:out, :y.shape[1] // groups], None, stride, w.shape[-1] // 2, 1,
+                        groups)
+
+    return s, bn, conv

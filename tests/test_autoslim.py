@@ -10,11 +10,12 @@ import torch.nn.functional as F
 import usspectrum
 from usspectrum import load_checkpoint
 from usspectrum.nn.folding import to_dense
-from helpers import randomize_bn
+from helpers import randomize_bn, release_ops
 
 DATA = Path(usspectrum.__file__).parent / "data" / "autoslim.json"
 # the first and last entries of the authors' yml lists (apps/autoslim_*_train_val.yml)
 YML_ENDS = {"mobilenet_v1": {"150M": (16, 744), "325M": (16, 1128), "572M": (24, 1128)},
+            "mnasnet": {"217M": (16, 1280), "315M": (16, 1920), "532M": (16, 1920)},
             "resnet50": {"570M": (24, 1680), "1000M": (32, 2016), "2006M": (40, 2016),
                          "3005M": (48, 2016)}}
 
@@ -145,3 +146,67 @@ def test_search_refuses_an_autoslim_net_and_points_to_reference(tmp_path):
     with pytest.raises(usspectrum.UsageError,
                        match="fixed switches.*--reference autoslim_mobilenet_v1"):
         search(model, tmp_path, tmp_path / "search.csv")
+
+
+# the authors' block_setting of AutoSlim-MNasNet: (t, c, n, s, k) per block
+MNASNET_BLOCKS = [(1, 16, 1, 1, 3), (3, 24, 1, 2, 3), (3, 24, 1, 1, 3), (3, 24, 1, 1, 3),
+                  (3, 40, 1, 2, 5), (3, 40, 1, 1, 5), (3, 40, 1, 1, 5), (6, 80, 1, 2, 5),
+                  (6, 80, 1, 1, 5), (6, 80, 1, 1, 5), (6, 96, 1, 1, 3), (6, 96, 1, 1, 3),
+                  (6, 192, 1, 2, 5), (6, 192, 1, 1, 5), (6, 192, 1, 1, 5), (6, 192, 1, 1, 5),
+                  (6, 320, 1, 1, 3)]
+
+
+def hand_mnasnet(state, all_lists, switch, x):
+    """The authors' AutoSlim-MNasNet at switch number ``switch`` from the
+    release state dict and the lists alone: channels popped in their order,
+    an expansion where a block's mid list differs from its input list, a
+    residual add where the stride is 1 and the input and output lists agree."""
+    s, bn, conv = release_ops(state, switch)
+    lists_ = [list(v[:-1]) for v in all_lists]
+
+    def pop():
+        return tuple(v.pop(0) for v in lists_)
+
+    inp = pop()
+    y = F.relu6(bn("features.0.1", conv("features.0.0", x, inp[switch], 2)))
+    for i, (_, _, _, stride, k) in enumerate(MNASNET_BLOCKS, start=1):
+        mid, out = (inp, pop()) if i == 1 else (pop(), pop())
+        p, h, j = f"features.{i}.body", y, 0
+        if mid != inp:
+            h, j = F.relu6(bn(f"{p}.1", conv(f"{p}.0", h, mid[switch]))), 3
+        assert s[f"{p}.{j}.weight"].shape[-1] == k
+        c = h.shape[1]
+        h = F.relu6(bn(f"{p}.{j + 1}", conv(f"{p}.{j}", h, c, stride, groups=c)))
+        h = bn(f"{p}.{j + 4}", conv(f"{p}.{j + 3}", h, out[switch]))
+        y = h + y if stride == 1 and inp == out else h
+        inp = out
+    y = F.relu6(bn("features.18.1", conv("features.18.0", y, pop()[switch])))
+    y = y.mean((2, 3))
+    return F.linear(y, s["classifier.0.weight"][:, :y.shape[1]], s["classifier.0.bias"])
+
+
+def test_autoslim_mnasnet_flops_match_the_published_budgets():
+    # published: 217M / 315M / 532M (the yml's comment on the third says 539M)
+    model = usspectrum.create_model("autoslim_mnasnet")
+    counter = usspectrum.FlopCounter(model, scaled=True)
+    assert [round(counter.at(w).mflops) for w in ("217M", "315M", "532M")] == [217, 315, 532]
+
+
+def test_release_autoslim_mnasnet_is_told_from_v2_and_gives_the_authors_logits(tmp_path):
+    source = usspectrum.create_model("autoslim_mnasnet", num_classes=10).eval()
+    randomize_bn(source)
+    state = {f"module.{k}": v.clone() for k, v in source.state_dict().items()}
+    # the same keys as AutoSlim-MobileNet v2, with a 1920-channel last conv too
+    assert state["module.features.18.0.weight"].shape[0] == 1920
+    assert state["module.features.5.body.3.weight"].shape[-2:] == (5, 5)
+    torch.save({"model": state}, tmp_path / "autoslim_mnasnet.pt")
+    model = load_checkpoint(tmp_path / "autoslim_mnasnet.pt")
+    assert model.arch["name"] == "autoslim_mnasnet"
+    x = torch.randn(2, 3, 64, 64)
+    all_lists = list(lists("mnasnet").values())
+    for switch, name in enumerate(lists("mnasnet")):
+        usspectrum.set_width(model, name)
+        with torch.no_grad():
+            expected = hand_mnasnet(state, all_lists, switch, x)
+            assert (model(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+            assert (to_dense(model)(x) - expected).abs().max() <= 1e-4 * expected.abs().max()

@@ -43,8 +43,8 @@ def test_flops_json_at_another_input_size():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--model", "nope"], "known models: autoslim_mobilenet_v1, autoslim_mobilenet_v2"),
-    (["--widths", "1.2"], "(0, 1]"),
+    (["--model", "nope"], "known models: autoslim_mnasnet, autoslim_mobilenet_v1"),
+    (["--widths", "1.2"], "give widths in (0, 1.0]"),
     (["--widths", "0.5:x"], "malformed"),
     (["--stage", "6", "--ratio", "0.6"], "out of range"),
     (["--stage", "0", "--ratio", "0.6"], "out of range"),

@@ -1,5 +1,5 @@
-"""The ResNet and AutoSlim families through the paths MobileNets take:
-train (US-ResNet), flops, sweep, compare, export."""
+"""The ResNet, ShuffleNet and AutoSlim families through the paths MobileNets
+take: train (US-ResNet), flops, sweep, compare, export."""
 import subprocess
 import sys
 
@@ -42,6 +42,9 @@ def family_models(tmp_path_factory):
     save_checkpoint(s_net, tmp / "s.pt", class_names=names)
     autoslim = usspectrum.create_model("autoslim_mobilenet_v1", stem="cifar", num_classes=10)
     save_checkpoint(autoslim, tmp / "autoslim.pt", class_names=names)
+    shuffle = usspectrum.create_model("s_shufflenet", num_classes=10, stem="cifar",
+                                      repeats=(1, 2, 1))
+    save_checkpoint(shuffle, tmp / "shuffle.pt", class_names=names)
     return tmp, cifar
 
 
@@ -71,25 +74,31 @@ def test_compare_runs_an_autoslim_model_at_its_switches(family_models):
     assert cmp[cmp.model == "autoslim"].mflops.is_monotonic_increasing
 
 
-@pytest.mark.data
-def test_export_of_an_autoslim_switch_runs_without_usspectrum(family_models):
-    tmp, data = family_models
-    out = tmp / "autoslim-ts.pt"
-    cli_ok("export", tmp / "autoslim.pt", "--width", "325M", "-o", out, "--data", data,
-           "--calib-images", 32)
+def exported_matches_calibrated(tmp, data, ckpt, width):
+    """Export ``ckpt`` at ``width`` (TorchScript), run the file where
+    usspectrum cannot be imported and check its logits against the
+    calibrated model's; returns the file's metadata."""
+    out = tmp / f"{ckpt.stem}-{width}.pt"
+    cli_ok("export", ckpt, "--width", width, "-o", out, "--data", data, "--calib-images", 32)
     x = torch.randn(3, 3, 32, 32)
     torch.save(x, tmp / "x.pt")
     (tmp / "load.py").write_text(LOAD_WITHOUT_USSPECTRUM)
     subprocess.run([sys.executable, str(tmp / "load.py"), str(out), "torchscript", str(tmp / "x.pt"),
                     str(tmp / "y.pt")], check=True, cwd=tmp)
     loaded = torch.load(tmp / "y.pt", weights_only=True)
-    model, _ = usspectrum.spectrum.calibrate.prepare_width(tmp / "autoslim.pt", "325M", data,
-                                                           calib_images=32)
-    model.set_width("325M")
+    model, _ = usspectrum.spectrum.calibrate.prepare_width(ckpt, width, data, calib_images=32)
+    model.set_width(width)
     with torch.no_grad():
         torch.testing.assert_close(loaded["y"], model(x), rtol=1e-4, atol=1e-5)
-    assert loaded["meta"]["width"] == "325M"
-    assert loaded["meta"]["channels"][:2] == [16, 16]  # stem, then the first depthwise conv
+    assert loaded["meta"]["width"] == width
+    return loaded["meta"]
+
+
+@pytest.mark.data
+def test_export_of_an_autoslim_switch_runs_without_usspectrum(family_models):
+    tmp, data = family_models
+    meta = exported_matches_calibrated(tmp, data, tmp / "autoslim.pt", "325M")
+    assert meta["channels"][:2] == [16, 16]  # stem, then the first depthwise conv
 
 
 def test_flops_cli_reads_budget_names(tmp_path):
@@ -98,3 +107,37 @@ def test_flops_cli_reads_budget_names(tmp_path):
     table = pd.read_csv(tmp_path / "flops.csv", dtype={"width": str})
     assert list(table.width) == ["150M", "325M", "572M"]
     assert list(table.mflops.round(1)) == [149.9, 324.8, 572.1]
+
+
+@pytest.mark.data
+def test_s_shufflenet_sweeps_its_switches_and_exports_width_2(family_models):
+    tmp, data = family_models
+    cli_ok("sweep", tmp / "shuffle.pt", "--data", data, "--widths", "0.5,1.0,2.0", "-o",
+           tmp / "shuffle.csv", *FAST)
+    df = pd.read_csv(tmp / "shuffle.csv", dtype={"width": str})
+    assert list(df.width) == ["0.5", "1.0", "2.0"] and df.mflops.is_monotonic_increasing
+    assert (df.bn == "calibrated").all() and (df.eval_images == 32).all()
+    meta = exported_matches_calibrated(tmp, data, tmp / "shuffle.pt", "2.0")
+    assert meta["channels"][:3] == [16, 16, 16]  # the three stem heads at 2.0
+
+
+@pytest.mark.data
+def test_s_shufflenet_slims_a_stage(family_models):
+    tmp, data = family_models
+    cli_ok("slim-stage", tmp / "shuffle.pt", "--data", data, "--stage", 2, "--ratio", 0.5,
+           "--widths", "1.0,2.0", "-o", tmp / "stage.csv", *FAST)
+    df = pd.read_csv(tmp / "stage.csv", dtype={"width": str}).set_index("width")
+    assert sorted(df.index) == ["1.0", "1.0@s2x0.5", "2.0", "2.0@s2x0.5"]
+    for w in ("1.0", "2.0"):
+        assert df.mflops[f"{w}@s2x0.5"] < df.mflops[w]
+
+
+@pytest.mark.data
+def test_compare_runs_each_model_at_the_widths_it_holds(family_models):
+    tmp, data = family_models
+    result = cli_ok("compare", tmp / "s.pt", tmp / "shuffle.pt", "--data", data, "--widths",
+                    "1.0,2.0", "-o", tmp / "cmp-wide", *FAST)
+    assert "s holds widths up to 1.0; compared without 2.0" in result.output
+    cmp = pd.read_csv(tmp / "cmp-wide" / "compare.csv", dtype={"width": str})
+    assert cmp.groupby("model").width.apply(list).to_dict() == {"s": ["1.0"],
+                                                                "shuffle": ["1.0", "2.0"]}

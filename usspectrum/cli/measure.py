@@ -92,8 +92,12 @@ def compare_cmd(checkpoints, data, widths, out, labels, no_plot, reference, as_j
     x = x_column(x_axis, settings)
     settings.allow_extrapolate = True
     on_interrupt(f"finished rows are kept in {out}/; {RESUME_HINT}")
-    df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot, x=x,
-                     overwrite=overwrite, reference=reference)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot,
+                         x=x, overwrite=overwrite, reference=reference)
+    for w in caught:
+        note(f"Warning: {w.message}")
     emit(df[DISPLAY], None, as_json)
     note(f"results: {Path(out) / 'compare.csv'}")
 

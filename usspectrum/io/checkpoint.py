@@ -16,7 +16,7 @@ The authors' release is ``{'model': state_dict}`` saved from DataParallel
 (``module.`` prefixes); US-MobileNet v1 and v2 keep per-width statistics in
 ``bn.{i}.running_*`` of each BN and S-MobileNet v1 and v2 four whole BNs per
 layer (v2's 1280-channel conv has one plain BN in both); S-ResNet-50 four
-whole BNs per layer. State dicts of torchvision's ``mobilenet_v2`` and
+whole BNs per layer and S-ShuffleNet three. State dicts of torchvision's ``mobilenet_v2`` and
 ``resnet50`` load as the individual MobileNet v2 and ResNet-50.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ..models import create_model
 from ..models.mobilenet_v1 import DEFAULT_SWITCHES
 from ..models.mobilenet_v2 import DEFAULT_SWITCHES as V2_SWITCHES
 from ..models.resnet import DEFAULT_SWITCHES as RESNET_SWITCHES, DEPTH as RESNET_DEPTH
+from ..models.shufflenet import DEFAULT_SWITCHES as SHUFFLENET_SWITCHES, DEPTH as SHUFFLENET_DEPTH
 from .results import atomic_write_bytes
 from ..nn.width import WidthConfig, parse_width_list
 
@@ -201,6 +202,7 @@ RELEASE_FAMILIES = {
     "mobilenet_v1": ("features.13.body.3.weight", "us_mobilenet_v1", "s_mobilenet_v1",
                      RELEASE_US_WIDTHS, DEFAULT_SWITCHES),
     "resnet50": ("features.1.shortcut.0.weight", None, "s_resnet50", None, RESNET_SWITCHES),
+    "shufflenet": ("head_0.0.weight", None, "s_shufflenet", None, SHUFFLENET_SWITCHES),
 }
 
 
@@ -208,30 +210,44 @@ def _release_family(state: dict) -> str | None:
     return next((f for f, spec in RELEASE_FAMILIES.items() if spec[0] in state), None)
 
 
-# AutoSlim releases share their family's keys; one tensor's size tells them
-# apart (the base network holds each layer's largest switch)
+# AutoSlim releases share their family's keys; one tensor's shape tells them
+# apart (the base network holds each layer's largest switch; MNasNet, laid
+# out as MobileNet v2 is, has 5x5 depthwise convs): (builder, key, dim, size)
 AUTOSLIM_SIGNATURES = {
-    "mobilenet_v1": ("autoslim_mobilenet_v1", "features.0.0.weight", 24),
-    "mobilenet_v2": ("autoslim_mobilenet_v2", "features.18.0.weight", 1920),
-    "resnet50": ("autoslim_resnet50", "features.0.0.weight", 48),
+    "mobilenet_v1": [("autoslim_mobilenet_v1", "features.0.0.weight", 0, 24)],
+    "mobilenet_v2": [("autoslim_mnasnet", "features.5.body.3.weight", -1, 5),
+                     ("autoslim_mobilenet_v2", "features.18.0.weight", 0, 1920)],
+    "resnet50": [("autoslim_resnet50", "features.0.0.weight", 0, 48)],
 }
 
 
 def _autoslim_name(family: str, state: dict) -> str | None:
-    name, key, size = AUTOSLIM_SIGNATURES[family]
-    return name if key in state and state[key].shape[0] == size else None
+    for name, key, dim, size in AUTOSLIM_SIGNATURES.get(family, ()):
+        if key in state and state[key].shape[dim] == size:
+            return name
+    return None
 
 
 def _release_kwargs(family: str, state: dict) -> dict:
     """Builder arguments a release state dict implies beyond its classes:
-    a ResNet's blocks per stage (a block with a projection starts a stage)."""
-    if family != "resnet50":
+    blocks per stage, when not the full depth. A ResNet stage starts with the
+    block that has a projection; a ShuffleNet stage with the block whose
+    branches give less than its output (4x its mid channels): it appends
+    its pooled input."""
+    if family == "resnet50":
+        first_key, depth = r"^features\.(\d+)\.body\.0\.weight$", RESNET_DEPTH
+        starts_stage = lambda b: f"features.{b}.shortcut.0.weight" in state  # noqa: E731
+    elif family == "shufflenet":
+        first_key, depth = r"^features\.(\d+)\.a_0\.0\.weight$", SHUFFLENET_DEPTH
+        starts_stage = lambda b: (3 * state[f"features.{b}.c_0.0.weight"].shape[0]  # noqa: E731
+                                  != 4 * state[f"features.{b}.b.1.weight"].shape[0])
+    else:
         return {}
-    blocks = sorted(int(m[1]) for k in state if (m := re.match(r"^features\.(\d+)\.body\.0\.weight$", k)))
-    starts = [b for b in blocks if f"features.{b}.shortcut.0.weight" in state]
+    blocks = sorted(int(m[1]) for k in state if (m := re.match(first_key, k)))
+    starts = [b for b in blocks if starts_stage(b)]
     ends = starts[1:] + [blocks[-1] + 1]
     repeats = tuple(e - s for s, e in zip(starts, ends))
-    return {} if repeats == RESNET_DEPTH else {"repeats": repeats}
+    return {} if repeats == depth else {"repeats": repeats}
 
 
 def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) -> nn.Module:
@@ -247,7 +263,7 @@ def _from_release(obj: dict, path, stem: str, widths: Sequence[float] | None) ->
     family = _release_family(state)
     if family is None or "classifier.0.weight" not in state:
         raise USSpectrumError(f"checkpoint {path} is not a network of the authors' release "
-                              "(MobileNet v1/v2, ResNet-50) nor a torchvision mobilenet_v2 or "
+                              "(MobileNet v1/v2, ResNet-50, ShuffleNet) nor a torchvision mobilenet_v2 or "
                               f"resnet50 state dict (keys start with {sorted(state)[:3]})")
     _, us_name, s_name, us_widths, default_switches = RELEASE_FAMILIES[family]
     extra = _release_kwargs(family, state)

@@ -28,7 +28,8 @@ from .resnet import DEPTH, Plan, ResNet
 @functools.lru_cache(maxsize=None)
 def autoslim_switches(family: str) -> dict[str, tuple[int, ...]]:
     """The published channel lists of ``family`` (``mobilenet_v1``,
-    ``mobilenet_v2``, ``resnet50``), by switch name, classifier dropped."""
+    ``mobilenet_v2``, ``mnasnet``, ``resnet50``), by switch name, classifier
+    dropped."""
     text = resources.files("usspectrum").joinpath("data/autoslim.json").read_text()
     return {name: tuple(values[:-1]) for name, values in json.loads(text)[family].items()}
 
@@ -52,14 +53,14 @@ def autoslim_mobilenet_v1(num_classes: int = 1000, stem: str = "imagenet") -> Mo
     return _finish(model, switches, convs)
 
 
-def _v2_plan(largest: Sequence[int]) -> V2Plan:
-    """A MobileNet v2 plan from a list in the authors' order: stem, the first
-    block's output (it has no expansion), (hidden, output) per later block,
-    the last conv."""
+def _v2_plan(largest: Sequence[int], stage_table=V2_STAGES) -> V2Plan:
+    """A MobileNet v2 (or MNasNet) plan from a list in the authors' order:
+    stem, the first block's output (it has no expansion), (hidden, output)
+    per later block, the last conv."""
     stem, first_out, *pairs, tail = largest
     flat = [(stem, first_out)] + list(zip(pairs[::2], pairs[1::2]))
     stages, i = [], 0
-    for _, _, n, _ in V2_STAGES:
+    for _, _, n, _ in stage_table:
         block_pairs = flat[i:i + n]
         out = max(o for _, o in block_pairs)  # a residual chain: one output count
         stages.append(tuple((h, out) for h, _ in block_pairs))
@@ -67,17 +68,41 @@ def _v2_plan(largest: Sequence[int]) -> V2Plan:
     return stem, tuple(stages), tail
 
 
-@register_model
-def autoslim_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet") -> MobileNetV2:
-    """AutoSlim-MobileNet v2: switches ``207M``, ``305M``, ``505M``."""
-    switches = autoslim_switches("mobilenet_v2")
-    model = MobileNetV2(num_classes, stem, _us_norm, plan=_v2_plan(_largest(switches)))
+def _inverted_residual_convs(model: MobileNetV2) -> list[SlimConv2d]:
+    """The convs a list sets, in its order: stem, first block's projection,
+    (expansion, projection) per later block, the last conv."""
     blocks = list(model.features[1:-1])
     convs = [model.features[0][0], blocks[0].project_conv]
     for block in blocks[1:]:
         convs.extend([block.expand_conv, block.project_conv])
     convs.append(model.features[-1][0])
-    return _finish(model, switches, convs)
+    return convs
+
+
+@register_model
+def autoslim_mobilenet_v2(num_classes: int = 1000, stem: str = "imagenet") -> MobileNetV2:
+    """AutoSlim-MobileNet v2: switches ``207M``, ``305M``, ``505M``."""
+    switches = autoslim_switches("mobilenet_v2")
+    model = MobileNetV2(num_classes, stem, _us_norm, plan=_v2_plan(_largest(switches)))
+    return _finish(model, switches, _inverted_residual_convs(model))
+
+
+# MNasNet's 17 blocks as the authors' block_setting lists them, grouped into
+# residual chains: (t, c, n, s) and the depthwise kernel of each group
+MNASNET_STAGES = ((1, 16, 1, 1), (3, 24, 3, 2), (3, 40, 3, 2), (6, 80, 3, 2),
+                  (6, 96, 2, 1), (6, 192, 4, 2), (6, 320, 1, 1))
+MNASNET_KERNELS = (3, 3, 5, 5, 3, 5, 3)
+
+
+@register_model
+def autoslim_mnasnet(num_classes: int = 1000, stem: str = "imagenet") -> MobileNetV2:
+    """AutoSlim-MNasNet: switches ``217M``, ``315M``, ``532M``: inverted
+    residual blocks with 3x3 and 5x5 depthwise convs, a 16-channel stem."""
+    switches = autoslim_switches("mnasnet")
+    model = MobileNetV2(num_classes, stem, _us_norm,
+                        plan=_v2_plan(_largest(switches), MNASNET_STAGES),
+                        stages=MNASNET_STAGES, kernels=MNASNET_KERNELS)
+    return _finish(model, switches, _inverted_residual_convs(model))
 
 
 def _resnet_plan(largest: Sequence[int]) -> Plan:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..nn.layers import (Residual, SlimBatchNormBase, SlimConv2d,  # noqa: F401
+from ..nn.layers import (Branches, Residual, SlimBatchNormBase, SlimConv2d,  # noqa: F401
                          SwitchableBatchNorm2d, slim_batchnorms)
 from ..nn.width import LayerSlot, WidthConfig, WidthLike
 
@@ -35,21 +35,27 @@ class SlimmableNet(nn.Module):
       switch (:meth:`use_named_switches`).
     - **layer sequence**: :meth:`layer_sequence`, the leaf modules in the
       order ``forward`` applies them; each residual block declares its
-      shortcut as a :class:`Residual` entry, identity (``shortcut=None``) or
-      projection (the shortcut's conv + BN sequence); a block without a
-      shortcut is just its layers. Folding a width into a plain network,
-      BN calibration, shared prefixes and FLOPs counting all follow it.
+      shortcut as a :class:`Residual` entry, identity (``shortcut=None``),
+      projection (the shortcut's conv + BN sequence) or concatenated
+      (``merge="concat"``); parallel branches whose outputs are
+      concatenated (ShuffleNet's per-group convs) are a :class:`Branches`
+      entry; a block without a shortcut is just its layers. Folding a width
+      into a plain network, BN calibration, shared prefixes and FLOPs
+      counting all follow it.
     - ``default_image_size`` and the slimmable layers of
       :mod:`usspectrum.nn.layers` (``SlimConv2d``, a slimmable BN, ``SlimLinear``).
 
     ``kind`` is ``us``, ``slimmable`` (with ``switches``) or ``individual``;
-    ``width_range`` is the range of widths the network was trained for."""
+    ``width_range`` is the range of widths the network was trained for;
+    ``full_width`` the width its layers are built at (1.0, or S-ShuffleNet's
+    2.0: widths run up to it)."""
 
     kind: str = "us"
     switches: tuple[float, ...] | None = None
     width_range: tuple[float, float] = (0.25, 1.0)
     default_image_size: int = 224
     channel_rounding: str = "make_divisible"
+    full_width: float = 1.0  # the width the layers are built at (S-ShuffleNet: 2.0)
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,7 +72,7 @@ class SlimmableNet(nn.Module):
         if len({c.out_channels for c in convs}) != 1:
             raise ValueError(f"slot {name} ties convs of different widths")
         self.slots.append(LayerSlot(name, convs[0].out_channels, stage, multiple,
-                                    self.channel_rounding))
+                                    self.channel_rounding, full_width=self.full_width))
         self._slot_convs.append(convs)
 
     @property
@@ -122,14 +128,21 @@ class SlimmableNet(nn.Module):
                 counts[name][slot] = int(value)
         self.slots = [dataclasses.replace(slot, named=tuple((n, counts[n][i]) for n in names))
                       for i, slot in enumerate(self.slots)]
-        seen = {n: self._bn_inputs(n) for n in names}
-        for bn_name, bn in list(slim_batchnorms(self)):
-            parent, _, leaf = bn_name.rpartition(".")
-            switchable = SwitchableBatchNorm2d(bn.num_features, names,
-                                               channels=[seen[n][bn_name] for n in names])
-            setattr(self.get_submodule(parent) if parent else self, leaf, switchable)
+        self.make_bns_switchable(names)
         self.kind, self.switches, self.width_range = "slimmable", names, (1.0, 1.0)
         self.set_width(1.0)
+
+    def make_bns_switchable(self, switches: Sequence[WidthLike]) -> None:
+        """Replace every slimmable BN with a switchable BN holding one private
+        BN per switch, sized by the channels it receives there (found with a
+        tiny forward at each switch)."""
+        keys = [str(WidthConfig.coerce(s)) for s in switches]
+        seen = {key: self._bn_inputs(key) for key in keys}
+        for bn_name, bn in list(slim_batchnorms(self)):
+            parent, _, leaf = bn_name.rpartition(".")
+            switchable = SwitchableBatchNorm2d(bn.num_features, keys,
+                                               channels=[seen[k][bn_name] for k in keys])
+            setattr(self.get_submodule(parent) if parent else self, leaf, switchable)
 
     @torch.no_grad()
     def _bn_inputs(self, switch: str) -> dict[str, int]:

@@ -41,6 +41,7 @@ LAST_CHANNELS = 1280
 # (expansion t, channels c, blocks n, first stride s) of the seven stages
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+Stages = Sequence[tuple[int, int, int, int]]
 STEMS = {"imagenet": (2, 224), "cifar": (1, 32)}
 DEFAULT_SWITCHES = (0.35, 0.5, 0.75, 1.0)
 DEFAULT_WIDTH_RANGE = (0.35, 1.0)
@@ -58,9 +59,11 @@ class InvertedResidual(nn.Module):
     BN; plus the input when ``residual`` (stride 1, same channels)."""
 
     def __init__(self, inp: int, out: int, stride: int, expand: int,
-                 norm: BatchNormFactory, average_output: bool, hidden: int | None = None) -> None:
+                 norm: BatchNormFactory, average_output: bool, hidden: int | None = None,
+                 kernel: int = 3) -> None:
         """``hidden``: the expansion's channels when not ``inp * expand``
-        (AutoSlim); no expansion conv when it equals ``inp``."""
+        (AutoSlim); no expansion conv when it equals ``inp``. ``kernel``:
+        the depthwise conv's size (MNasNet's blocks use 3 and 5)."""
         super().__init__()
         hidden = inp * expand if hidden is None else hidden
         self.residual = stride == 1 and inp == out
@@ -68,7 +71,8 @@ class InvertedResidual(nn.Module):
         if hidden != inp:
             layers += [SlimConv2d(inp, hidden, 1, 1, 0, bias=False, average_output=average_output),
                        norm(hidden, expand), ReLU6(inplace=True)]
-        layers += [SlimConv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+        layers += [SlimConv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden,
+                              bias=False),
                    norm(hidden, expand), ReLU6(inplace=True),
                    SlimConv2d(hidden, out, 1, 1, 0, bias=False, average_output=average_output),
                    norm(out, 1)]
@@ -109,11 +113,15 @@ class MobileNetV2(SlimmableNet):
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet",
                  norm: BatchNormFactory = _us_norm, average_output: bool = False,
-                 repeats: Sequence[int] | None = None, plan: V2Plan | None = None) -> None:
+                 repeats: Sequence[int] | None = None, plan: V2Plan | None = None,
+                 stages: Stages = STAGES, kernels: Sequence[int] | None = None) -> None:
         """``plan``: full channels of AutoSlim's base network instead of
-        MobileNet v2 1.0x's (then the last conv is slimmable too)."""
+        MobileNet v2 1.0x's (then the last conv is slimmable too).
+        ``stages``/``kernels``: another inverted-residual network's stage
+        table and depthwise kernel per stage (AutoSlim-MNasNet's)."""
         super().__init__()
-        counts = check_repeats(repeats, [n for _, _, n, _ in STAGES])
+        kernels = tuple(kernels) if kernels is not None else (3,) * len(stages)
+        counts = check_repeats(repeats, [n for _, _, n, _ in stages])
         if plan is not None and [len(b) for b in plan[1]] != list(counts):
             raise UsageError("a MobileNet v2 plan needs one (hidden, out) pair per block")
         plan = plan or standard_plan(counts)
@@ -128,10 +136,12 @@ class MobileNetV2(SlimmableNet):
             nn.Sequential(stem_conv, norm(stem_channels, 1), ReLU6(inplace=True))]
         self.add_slot("features.0", stem_conv, stage=0)
         inp = stem_channels
-        for stage, ((t, _, n, s), pairs) in enumerate(zip(STAGES, stage_plans), start=1):
+        for stage, ((t, _, n, s), pairs, k) in enumerate(zip(stages, stage_plans, kernels),
+                                                         start=1):
             first, c = len(layers), pairs[0][1]
             blocks = [InvertedResidual(inp if i == 0 else c, c, s if i == 0 else 1, t, norm,
-                                       average_output, hidden) for i, (hidden, _) in enumerate(pairs)]
+                                       average_output, hidden, k)
+                      for i, (hidden, _) in enumerate(pairs)]
             t = t if plan[2] is None else 1  # AutoSlim's expansions are free channel counts
             layers.extend(blocks)
             inp = c
@@ -152,7 +162,7 @@ class MobileNetV2(SlimmableNet):
         layers.append(nn.Sequential(
             last_conv, USBatchNorm2d(last) if tail is None else norm(last, 1), ReLU6(inplace=True)))
         if tail is not None:
-            self.add_slot(f"features.{len(layers) - 1}", last_conv, stage=len(STAGES))
+            self.add_slot(f"features.{len(layers) - 1}", last_conv, stage=len(stages))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(SlimLinear(last, num_classes))

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Residual, SlimBatchNormBase, SlimConv2d, SlimLinear
+from .layers import Branches, Residual, SlimBatchNormBase, SlimConv2d, SlimLinear
 from .width import WidthConfig, WidthLike
 
 
@@ -72,9 +72,35 @@ class DenseProjection(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
+class DenseConcat(nn.Module):
+    """``cat(body(x), shortcut(x))``: a block that appends its shortcut's
+    channels (ShuffleNet's strided blocks) in a dense network."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential) -> None:
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.body(x), self.shortcut(x)], 1)
+
+
+class DenseBranches(nn.ModuleList):
+    """Parallel chains whose outputs are concatenated; with ``split`` chain
+    ``i`` reads the ``i``-th equal channel chunk of the input, else all of it
+    (see :class:`~usspectrum.nn.layers.Branches`)."""
+
+    def __init__(self, branches: list[nn.Sequential], split: bool) -> None:
+        super().__init__(branches)
+        self.split = split
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = x.chunk(len(self), 1) if self.split else [x] * len(self)
+        return torch.cat([branch(part) for branch, part in zip(self, parts)], 1)
+
+
 def chains(net: nn.Sequential) -> list[nn.Sequential]:
-    """``net`` and every chain of layers nested in it (residual bodies and
-    projection shortcuts), outermost first."""
+    """``net`` and every chain of layers nested in it (residual bodies,
+    shortcuts, parallel branches), outermost first."""
     return [net, *(m for m in net.modules() if isinstance(m, nn.Sequential) and m is not net)]
 
 
@@ -120,9 +146,10 @@ def _dense_chain(sequence, fold_bn: bool, channels: int, path: str):
     last = None  # the layer just added, for folding
     for name, module in sequence:
         key = name.replace(".", "_")
-        if isinstance(module, Residual):
-            layers[key], block_sources, channels = _dense_residual(name, module, fold_bn,
-                                                                   channels, f"{path}{key}.")
+        if isinstance(module, (Residual, Branches)):
+            build = _dense_residual if isinstance(module, Residual) else _dense_branches
+            layers[key], block_sources, channels = build(name, module, fold_bn, channels,
+                                                         f"{path}{key}.")
             sources.update(block_sources)
             last = layers[key]
             continue
@@ -166,11 +193,31 @@ def _dense_residual(name: str, block: Residual, fold_bn: bool, channels: int, pa
     body, sources, out = _dense_chain(block.layers, fold_bn, channels, path + "body.")
     short, short_sources, short_out = _dense_chain(block.shortcut, fold_bn, channels,
                                                    path + "shortcut.")
+    if block.merge == "concat":
+        return (DenseConcat(nn.Sequential(body), nn.Sequential(short)),
+                {**sources, **short_sources}, out + short_out)
     if out != short_out:
         raise ValueError(f"residual block {name}: its body gives {out} channels and its "
                          f"shortcut {short_out}; the two must share one width slot")
     return (DenseProjection(nn.Sequential(body), nn.Sequential(short)),
             {**sources, **short_sources}, out)
+
+
+def _dense_branches(name: str, entry: Branches, fold_bn: bool, channels: int, path: str):
+    """Parallel branches as :class:`DenseBranches`; their sources and the
+    channels of the concatenated output."""
+    count = len(entry.branches)
+    if entry.split and channels % count:
+        raise ValueError(f"{name} splits its input into {count} groups, but it gets "
+                         f"{channels} channels")
+    inner = channels // count if entry.split else channels
+    chains_, sources, out = [], {}, 0
+    for i, branch in enumerate(entry.branches):
+        layers, branch_sources, branch_out = _dense_chain(branch, fold_bn, inner, f"{path}{i}.")
+        chains_.append(nn.Sequential(layers))
+        sources.update(branch_sources)
+        out += branch_out
+    return DenseBranches(chains_, entry.split), sources, out
 
 
 def _dense_conv(conv: SlimConv2d, channels: int) -> nn.Conv2d:

@@ -302,15 +302,55 @@ def slim_batchnorms(model: nn.Module) -> Iterable[tuple[str, SlimBatchNormBase]]
 
 @dataclass
 class Residual:
-    """An entry of :meth:`SlimmableNet.layer_sequence`: ``chain(x) +
-    shortcut(x)``, both layer sequences. The shortcut a block declares is
-    the identity (``shortcut=None``: ``chain`` keeps the channel count), a
+    """An entry of :meth:`SlimmableNet.layer_sequence`: ``chain(x)`` merged
+    with ``shortcut(x)``, both layer sequences. The shortcut a block declares
+    is the identity (``shortcut=None``: ``chain`` keeps the channel count), a
     projection (a 1x1 conv + BN chain, where the shape changes) or none at
-    all (then the block is no ``Residual``, only its layers)."""
+    all (then the block is no ``Residual``, only its layers). ``merge`` is
+    ``add`` or ``concat`` (ShuffleNet's strided blocks append an average
+    pool of their input to the body's channels)."""
 
     layers: list[tuple[str, nn.Module]]
     shortcut: list[tuple[str, nn.Module]] | None = None
+    merge: str = "add"
+
+    def __post_init__(self) -> None:
+        if self.merge not in ("add", "concat"):
+            raise ValueError(f"merge must be add or concat, got {self.merge!r}")
+        if self.merge == "concat" and self.shortcut is None:
+            raise ValueError("a concatenating block needs its shortcut's layers")
 
     @property
     def kind(self) -> str:
+        if self.merge == "concat":
+            return "concat"
         return "identity" if self.shortcut is None else "projection"
+
+
+@dataclass
+class Branches:
+    """An entry of :meth:`SlimmableNet.layer_sequence`: parallel layer
+    sequences whose outputs are concatenated along channels. With ``split``
+    branch ``i`` gets the ``i``-th of ``len(branches)`` equal channel chunks
+    of the input (a grouped 1x1 conv written as one conv per group, as the
+    authors' ShuffleNet does, so that each group keeps its own first
+    channels); without, every branch gets the whole input."""
+
+    branches: list[list[tuple[str, nn.Module]]]
+    split: bool = True
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: ``groups`` blocks of channels are
+    interleaved (channel ``k`` of group ``g`` goes to ``k * groups + g``)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

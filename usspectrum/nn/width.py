@@ -2,7 +2,8 @@
 
 A :class:`WidthConfig` is one of
 
-* a uniform width ``w`` (``"0.75"``);
+* a uniform width ``w`` (``"0.75"``; above 1.0 for a network built wider
+  than its nominal width, as S-ShuffleNet's ``"2.0"``);
 * a uniform width plus extra ratios on whole stages (``"0.75@s5x0.6"``,
   several modifiers chain: ``"0.75@s1x0.6@s5x0.8"``); a layer of stage ``k``
   then runs at ratio ``w * r_k``;
@@ -43,11 +44,16 @@ def format_ratio(value: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def _check_ratio(value: float, what: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-        raise UsageError(f"{what} must be a number in (0, 1], got {value!r}")
-    if not 0.0 < value <= 1.0:
-        raise UsageError(f"{what} must be in (0, 1], got {format_ratio(value)}; "
+def _check_ratio(value: float, what: str, upper: float | None = 1.0) -> float:
+    """``value`` rounded to :data:`NUM_DIGITS`, if it is a number in
+    ``(0, upper]`` (``upper=None``: any positive width; the model bounds it,
+    see :meth:`WidthConfig.channels`)."""
+    span = "(0, 1]" if upper == 1.0 else "(0, inf)"
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
+            or math.isinf(value)):
+        raise UsageError(f"{what} must be a number in {span}, got {value!r}")
+    if not 0.0 < value <= (math.inf if upper is None else upper):
+        raise UsageError(f"{what} must be in {span}, got {format_ratio(value)}; "
                          "use a fraction of the full width such as 0.5")
     return round(float(value), NUM_DIGITS)
 
@@ -73,7 +79,10 @@ class LayerSlot:
     ``multiple``: the count is ``multiple`` times a rounded base, as in
     MobileNet v2's expansion layers, which keep ``t * make_divisible(C * r)``
     channels (rounded before the multiplication by ``t``). ``rounding``
-    names the family's rule in :data:`CHANNEL_ROUNDING`."""
+    names the family's rule in :data:`CHANNEL_ROUNDING`. ``full_width``: the
+    width at which the layer holds ``channels`` (1.0, or a network built
+    wider than its nominal width, as S-ShuffleNet at 2.0); widths run up to
+    it."""
 
     name: str
     channels: int
@@ -81,11 +90,13 @@ class LayerSlot:
     multiple: int = 1
     rounding: str = "make_divisible"
     named: tuple[tuple[str, int], ...] = ()  # channel count at each named switch
+    full_width: float = 1.0
 
     def active(self, ratio: float) -> int:
         """Channel count at ``ratio`` by the rounding rule."""
         base = self.channels // self.multiple
-        return self.multiple * min(base, CHANNEL_ROUNDING[self.rounding](base * ratio))
+        rule = CHANNEL_ROUNDING[self.rounding]
+        return self.multiple * min(base, rule(base * (ratio / self.full_width)))
 
     def at_switch(self, name: str) -> int:
         """Channel count at the named switch ``name``."""
@@ -116,7 +127,7 @@ class WidthConfig:
             object.__setattr__(self, "width", 1.0)
             return
         if self.layer_ratios is not None:
-            ratios = tuple(_check_ratio(r, "layer ratio") for r in self.layer_ratios)
+            ratios = tuple(_check_ratio(r, "layer ratio", None) for r in self.layer_ratios)
             if not ratios:
                 raise UsageError("a per-layer width config needs at least one ratio")
             if self.stage_ratios:
@@ -124,7 +135,7 @@ class WidthConfig:
             object.__setattr__(self, "layer_ratios", ratios)
             object.__setattr__(self, "width", max(ratios))
             return
-        object.__setattr__(self, "width", _check_ratio(self.width, "width"))
+        object.__setattr__(self, "width", _check_ratio(self.width, "width", None))
         merged: dict[int, float] = {}
         for stage, ratio in self.stage_ratios:
             if not isinstance(stage, int) or stage < 1:
@@ -211,10 +222,17 @@ class WidthConfig:
         return [self.width * stage_map.get(s.stage, 1.0) for s in slots]
 
     def channels(self, slots: Sequence[LayerSlot]) -> list[int]:
-        """Active channel count of each slot, by the rounding rule."""
+        """Active channel count of each slot, by the rounding rule; refuses
+        ratios above what the model holds (its slots' ``full_width``)."""
         if self.switch is not None:
             return [s.at_switch(self.switch) for s in slots]
-        return [s.active(r) for s, r in zip(slots, self.ratios(slots))]
+        ratios = self.ratios(slots)
+        for slot, ratio in zip(slots, ratios):
+            if ratio > slot.full_width + 1e-9:
+                limit = format_ratio(slot.full_width)
+                raise UsageError(f"width {self} is wider than this model, whose full width is "
+                                 f"{limit}; give widths in (0, {limit}]")
+        return [s.active(r) for s, r in zip(slots, ratios)]
 
     def __str__(self) -> str:
         if self.switch is not None:

@@ -51,11 +51,15 @@ def compare(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike,
     if widths is None:  # the widest trained range among the models
         widths = default_widths(min(ranged, key=lambda m: (m.kind == "individual",
                                                            m.width_range[0])))
+    configs = (parse_width_list(widths) if isinstance(widths, str)
+               else [WidthConfig.coerce(w) for w in widths])
+    # an AutoSlim model runs at its own named switches only; a model runs
+    # at the widths it holds (S-ShuffleNet's 2.0 is wider than a MobileNet)
+    plans = [default_widths(model) if has_named_switches(model) else
+             _widths_held(model, configs, label) for label, model in zip(labels, models)]
     out_dir = Path(out_dir)
     frames, marked = [], {}
-    for label, model in zip(labels, models):
-        # an AutoSlim model runs at its own named switches only
-        own = default_widths(model) if has_named_switches(model) else widths
+    for label, model, own in zip(labels, models, plans):
         frames.append(sweep(model, data, own, out_dir / f"{label}.csv", settings, label=label,
                             overwrite=overwrite))
         if model.kind == "slimmable":
@@ -99,6 +103,20 @@ def slim_stage(checkpoint: str | os.PathLike, data: str | os.PathLike,
         plot_spectrum(df, Path(out).with_suffix(""), x=x,
                       title=f"Slimming single stages by x{ratio} (nonuniform US-Net)")
     return df
+
+
+def _widths_held(model, configs: Sequence[WidthConfig], label: str) -> list[WidthConfig]:
+    """The configs no wider than ``model``'s full width; a warning names the others."""
+    full = getattr(model, "full_width", 1.0)
+    held = [c for c in configs if max(c.layer_ratios or (c.width,)) <= full + 1e-9]
+    if not held:
+        raise UsageError(f"none of the widths fits {label}, whose full width is {full}; "
+                         f"give widths in (0, {full}]")
+    if len(held) < len(configs):
+        skipped = ", ".join(str(c) for c in configs if c not in held)
+        warnings.warn(f"{label} holds widths up to {full}; compared without {skipped}",
+                      stacklevel=2)
+    return held
 
 
 def _unique_labels(paths: Sequence) -> list[str]:

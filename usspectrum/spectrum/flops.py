@@ -1,7 +1,8 @@
 """FLOPs and parameter counts in the US-Nets paper's convention.
 
 FLOPs are multiply-adds, counted by fvcore: convolutions, linear layers and
-the global average pool (one per input element). BatchNorm and activations
+average pools (one per input element, global or strided, as the authors'
+profiler counts them). BatchNorm and activations
 are not counted (BN folds into the conv at inference). Parameters are those
 the active sub-network uses: the sliced conv/linear weights and biases and
 the active BN scale/shift.
@@ -110,12 +111,12 @@ class FlopCounter:
                 net = to_dense(model, fold_bn=False, channels_last=False)
                 _, layers = self._analyse(net)
                 self._full = {key: (int(layers.get(key, 0)), a, b)
-                              for key, a, b in _scaling_channels(net)}
+                              for key, a, b in _scaling_channels(net, self._input(net))}
             finally:
                 model.set_width(current)
         net = to_dense(model, fold_bn=False, channels_last=False)
         total = 0
-        for key, a, b in _scaling_channels(net):
+        for key, a, b in _scaling_channels(net, self._input(net)):
             flops, full_a, full_b = self._full[key]
             total += flops * a * b // max(1, full_a * full_b)
         params = sum(p.numel() for p in net.parameters())
@@ -176,10 +177,14 @@ class FlopCounter:
     def _analyse(self, model: nn.Module) -> tuple[int, dict[str, int]]:
         with _quiet():
             from fvcore.nn import FlopCountAnalysis
+            from fvcore.nn.jit_handles import elementwise_flop_counter
         analysis = FlopCountAnalysis(model, self._input(model))
         # fvcore 0.1.5's set_op_handle(name, None) leaves the default
         # handler in place, so BN is silenced with a handler counting 0.
         analysis.set_op_handle("aten::batch_norm", _count_nothing)
+        # strided average pools (ShuffleNet's shortcut): one per input
+        # element, as fvcore counts the global one and the authors both
+        analysis.set_op_handle("aten::avg_pool2d", elementwise_flop_counter(1, 0))
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         # fvcore traces with torch.jit, which logs and warns on slicing.
@@ -187,21 +192,30 @@ class FlopCounter:
             return analysis.total(), dict(analysis.by_module())
 
 
-def _scaling_channels(net: nn.Module) -> list[tuple[str, int, int]]:
-    """Each leaf of a dense net in forward order with the two channel counts
-    its multiply-adds are proportional to (a pool: the channels it reads)."""
-    out, channels = [], 0
+@torch.no_grad()
+def _scaling_channels(net: nn.Module, example: torch.Tensor) -> list[tuple[str, int, int]]:
+    """Each leaf of a dense net with the two channel counts its multiply-adds
+    are proportional to (a conv: inputs per group and outputs; a pool: the
+    channels it reads), seen in one forward of ``example``."""
+    seen: dict[str, tuple[int, int]] = {}
+    handles = [m.register_forward_hook(
+        lambda m, i, o, key=key: seen.__setitem__(key, (i[0].shape[1], o.shape[1])))
+        for key, m in net.named_modules() if not list(m.children())]
+    try:
+        net(example)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
     for key, m in net.named_modules():
-        if list(m.children()):
+        if key not in seen:
             continue
         if isinstance(m, nn.Conv2d):
             out.append((key, m.in_channels // m.groups, m.out_channels))
-            channels = m.out_channels
         elif isinstance(m, nn.Linear):
             out.append((key, m.in_features, m.out_features))
-            channels = m.out_features
         else:
-            out.append((key, channels, 1))
+            out.append((key, seen[key][0], 1))
     return out
 
 
