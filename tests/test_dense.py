@@ -196,9 +196,9 @@ def test_partial_file_of_other_settings_is_ignored(setup):
 def test_latency_columns_and_latency_plot(setup):
     tmp, data, ckpt = setup
     df = usspectrum.sweep(ckpt, data, "0.25,1.0", tmp / "lat.csv", latency=True, **FAST)
+    # measured values (their ratios are the benchmarks' business: a timing
+    # comparison in a unit test fails on a busy machine)
     assert (df.latency_ms > 0).all() and (df.throughput > 0).all()
-    # four times the MACs must not be faster at batch 64
-    assert df.throughput.iloc[0] > df.throughput.iloc[1]
     result = CliRunner().invoke(cli, ["plot", str(tmp / "lat.csv"), "-o", str(tmp / "p"),
                                       "--x", "latency"])
     assert result.exit_code == 0, result.output
