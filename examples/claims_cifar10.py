@@ -8,7 +8,10 @@ OUT/table1.csv (Table 1) and the per-epoch training logs written by
   criterion used;
 * OUT/learning-curve.csv: per epoch, the gaps the claims are about, as the
   training logs measured them (2,000 val images, BN calibrated at the
-  smallest and largest width only).
+  smallest and largest width only);
+* OUT/claims-trend.csv, when OUT/epoch<N>/claims.csv exist (snapshots of
+  the same run): each claim's measured value and verdict at every snapshot
+  epoch and at the end, side by side.
 
     python examples/claims_cifar10.py                       # examples/results/cifar10
     python examples/claims_cifar10.py --out /tmp/smoke
@@ -152,6 +155,28 @@ def learning_curve(out: Path, run: pd.DataFrame | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trend(out: Path, final_epoch: int | None = None) -> pd.DataFrame | None:
+    """Each claim's value and verdict at the snapshot epochs (OUT/epoch<N>/)
+    and at the end (OUT/claims.csv), one column pair per epoch."""
+    snapshots = sorted((int(d.name[5:]), d / "claims.csv") for d in out.glob("epoch[0-9]*")
+                       if (d / "claims.csv").exists())
+    if not snapshots:
+        return None
+    final_epoch = final_epoch or _final_epoch(out)
+    table = pd.DataFrame({"claim": pd.read_csv(out / "claims.csv")["claim"]})
+    for epoch, path in [*snapshots, (final_epoch, out / "claims.csv")]:
+        at = pd.read_csv(path).set_index("claim").reindex(table["claim"])
+        table[f"epoch {epoch}"] = at["ours"].values
+        table[f"holds at {epoch}"] = at["holds"].values
+    return table
+
+
+def _final_epoch(out: Path) -> int:
+    """The epochs every model of the run finished (the smallest last epoch of its logs)."""
+    logs = list(out.glob("*-log.csv"))
+    return min(int(pd.read_csv(log)["epoch"].max()) for log in logs) if logs else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.relpath(ROOT / "examples" / "results" / "cifar10"))
@@ -172,11 +197,17 @@ def main() -> None:
     table.to_csv(out / "claims.csv", index=False)
     curve = learning_curve(out)
     curve.to_csv(out / "learning-curve.csv", index=False)
+    over_epochs = trend(out)
+    if over_epochs is not None:
+        over_epochs.to_csv(out / "claims-trend.csv", index=False)
     print("| claim | paper | ours | holds |\n|---|---|---|---|")
     for _, r in table.iterrows():
         print(f"| {r.claim} | {r.paper} | {r.ours} | {'yes' if r.holds else 'no'} |")
     print()
     print(curve.to_string(index=False))
+    if over_epochs is not None:
+        print()
+        print(over_epochs.to_string(index=False))
 
 
 if __name__ == "__main__":

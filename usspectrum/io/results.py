@@ -70,15 +70,19 @@ class RowWriter:
     ``numeric``: columns every whole row holds a number in. Reading an
     existing file keeps its whole rows; a row cut short by a crash, or one
     whose numbers do not read as numbers, is dropped from the file (with a
-    note) so that it is measured again."""
+    note) so that it is measured again.
+    ``key``: columns that name a row; a later row with the same key (left by
+    two runs that wrote the file at once, before files were locked) is
+    dropped from the file, with a note."""
 
     def __init__(self, path: str | os.PathLike, columns: list[str],
                  required: tuple[str, ...] = ("width", "fingerprint"),
-                 numeric: tuple[str, ...] = ()) -> None:
+                 numeric: tuple[str, ...] = (), key: tuple[str, ...] = ()) -> None:
         self.path = ensure_writable(path)
         self.columns = columns
         self.required = required
         self.numeric = numeric
+        self.key = key
 
     def existing(self) -> pd.DataFrame:
         """Rows already in the file (empty if there is none)."""
@@ -96,11 +100,19 @@ class RowWriter:
                 bad = values.isna() & (df[column] != "")
                 damaged += int(bad.sum())
                 df = df[~bad]
-        if damaged:
+        keyed = bool(self.key) and all(c in df.columns for c in self.key)
+        repeated = int(df.duplicated(list(self.key)).sum()) if keyed else 0
+        if repeated:
+            df = df[~df.duplicated(list(self.key))]
+        if damaged or repeated:
             text = df.to_csv(index=False) if len(df) else ",".join(header) + "\n"
             atomic_write_bytes(self.path, text.encode())
+        if damaged:
             note(f"{self.path}: {damaged} damaged row{'s' if damaged > 1 else ''} (cut short or "
                  f"unreadable) dropped; {'they' if damaged > 1 else 'it'} will be measured again")
+        if repeated:
+            note(f"{self.path}: {repeated} repeated row{'s' if repeated > 1 else ''} (the "
+                 f"{', '.join(self.key)} of an earlier row) dropped; the first of each is kept")
         return self._typed(df)
 
     def _read(self) -> tuple[list[str], list[list[str]], int]:

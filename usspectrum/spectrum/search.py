@@ -46,6 +46,7 @@ from .evaluate import evaluate
 from .flops import FlopCounter
 from ..io.identity import check_resume, data_identity
 from ..nn.layers import slim_batchnorms
+from ..io.lock import exclusive_writer
 from ..io.results import RowWriter
 from ..nn.width import WidthConfig, format_ratio, parse_width_list
 
@@ -199,22 +200,23 @@ def search(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
                   model.meta.get("num_outputs"))
     counts = held_out_counts(len(train), settings.calib_images, settings.search_images,
                              f"{data}/train")
-    if overwrite:
-        Path(out).unlink(missing_ok=True)
-    writer = RowWriter(out, COLUMNS, required=("config", "fingerprint"),
-                       numeric=("step", "mflops", "top1"))
-    fixed = {"granularity": settings.granularity, "step_ratio": settings.step,
-             "per_flop": settings.per_flop, "search_images": counts[1],
-             "calib_images": counts[0], "calib_augment": settings.calib_augment,
-             "seed": settings.seed, "fingerprint": model.meta.get("fingerprint", ""),
-             "data": data_identity(data)}
-    done = writer.existing()
-    check_resume(done, fixed, out, OPTIONS)
-    path = GreedyPath(model, counter, settings, budgets, writer, fixed)
-    if not path.resume(done):
-        path.load_images(data, train, counts)
-        path.run()
-    return writer.existing()
+    with exclusive_writer(out):
+        if overwrite:
+            Path(out).unlink(missing_ok=True)
+        writer = RowWriter(out, COLUMNS, required=("config", "fingerprint"),
+                           numeric=("step", "mflops", "top1"), key=("step",))
+        fixed = {"granularity": settings.granularity, "step_ratio": settings.step,
+                 "per_flop": settings.per_flop, "search_images": counts[1],
+                 "calib_images": counts[0], "calib_augment": settings.calib_augment,
+                 "seed": settings.seed, "fingerprint": model.meta.get("fingerprint", ""),
+                 "data": data_identity(data)}
+        done = writer.existing()
+        check_resume(done, fixed, out, OPTIONS)
+        path = GreedyPath(model, counter, settings, budgets, writer, fixed)
+        if not path.resume(done):
+            path.load_images(data, train, counts)
+            path.run()
+        return writer.existing()
 
 
 class GreedyPath:

@@ -39,6 +39,7 @@ from .latency import measure_speed
 from ..models import model_defaults
 from ..models.base import has_named_switches
 from .passstate import PassState, state_path
+from ..io.lock import exclusive_writer
 from ..io.results import RowWriter
 from ..nn.width import WidthConfig, WidthLike, format_ratio, parse_width_list
 
@@ -182,18 +183,19 @@ def sweep(checkpoint: str | os.PathLike | nn.Module, data: str | os.PathLike,
         if out is not None and overwrite and ctx.is_main:
             Path(out).unlink(missing_ok=True)
             state_path(out).unlink(missing_ok=True)
-        writer = (RowWriter(out, COLUMNS, numeric=("mflops", "top1", "top5"))
+        writer = (RowWriter(out, COLUMNS, numeric=("mflops", "top1", "top5"), key=("width",))
                   if out is not None else None)
         done = writer.existing() if writer else pd.DataFrame(columns=COLUMNS)
         _check_resume(done, writer, model, configs, settings, data_id, len(val), data)
         return writer, done[[c for c in COLUMNS if c in done.columns]]
 
-    writer, done = on_main(open_results, ctx)
-    writer = writer if ctx.is_main else None
-    todo = [c for c in configs if str(c) not in set(done["width"].astype(str))]
-
-    rows = _measure(model, todo, val, data, data_id, label, out, writer, settings, ctx) \
-        if todo else []
+    # one run at a time appends to a CSV (two would leave every width twice)
+    with exclusive_writer(out if ctx.is_main else None):
+        writer, done = on_main(open_results, ctx)
+        writer = writer if ctx.is_main else None
+        todo = [c for c in configs if str(c) not in set(done["width"].astype(str))]
+        rows = _measure(model, todo, val, data, data_id, label, out, writer, settings, ctx) \
+            if todo else []
     new = pd.DataFrame(rows, columns=COLUMNS)
     frames = [f for f in (done, new) if len(f)]
     result = pd.concat(frames, ignore_index=True) if frames else new

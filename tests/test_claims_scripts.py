@@ -1,0 +1,108 @@
+"""The scripts that read a CIFAR-10 reproduction against the paper's claims
+(examples/claims_cifar10.py, examples/why_claims_cifar10.py), on tiny models
+and hand-made tables."""
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import usspectrum
+from usspectrum.io.checkpoint import save_checkpoint
+
+from helpers import CLASSES, make_image_folder
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _claims(ours: list[str], holds: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame({"claim": ["a", "b"], "paper": ["p", "q"], "ours": ours,
+                         "holds": holds, "criterion": ["c", "d"]})
+
+
+def test_trend_sets_each_snapshot_beside_the_final_claims(tmp_path):
+    claims = _script("claims_cifar10")
+    for epoch, ours, holds in ((10, ["1.0", "x"], [True, False]),
+                               (20, ["2.0", "y"], [True, False])):
+        (tmp_path / f"epoch{epoch}").mkdir()
+        _claims(ours, holds).to_csv(tmp_path / f"epoch{epoch}" / "claims.csv", index=False)
+    _claims(["3.0", "z"], [True, True]).to_csv(tmp_path / "claims.csv", index=False)
+    for name, last in (("us-uniform", 31), ("individual", 30)):
+        pd.DataFrame({"epoch": range(1, last + 1)}).to_csv(tmp_path / f"{name}-log.csv",
+                                                           index=False)
+    table = claims.trend(tmp_path)
+    # the final column is named for the epochs every model finished
+    assert list(table.columns) == ["claim", "epoch 10", "holds at 10", "epoch 20",
+                                   "holds at 20", "epoch 30", "holds at 30"]
+    assert table.set_index("claim").loc["b"].tolist() == ["x", False, "y", False, "z", True]
+
+
+def test_trend_is_none_without_snapshots(tmp_path):
+    claims = _script("claims_cifar10")
+    _claims(["3.0", "z"], [True, True]).to_csv(tmp_path / "claims.csv", index=False)
+    assert claims.trend(tmp_path) is None
+
+
+def test_stage_losses_are_measured_at_equal_mflops():
+    claims = _script("claims_cifar10")
+    df = pd.DataFrame({"width": ["0.5", "1.0", "1.0@s1x0.6", "1.0@s2x0.6"],
+                       "mflops": [10.0, 20.0, 15.0, 10.0], "top1": [80.0, 90.0, 84.0, 80.0]})
+    # uniform curve at 15 MFLOPs: 85, so stage 1 loses 1; stage 2 sits on the curve
+    assert claims.stage_losses(df) == pytest.approx({"1": 1.0, "2": 0.0})
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=16)
+    paths = {}
+    for averaged in (True, False):
+        torch_model = usspectrum.create_model("us_mobilenet_v1", stem="cifar", num_classes=3,
+                                              repeats=(1, 1, 1, 1, 1), average_output=averaged)
+        paths[averaged] = tmp_path / f"{'avg' if averaged else 'plain'}.pt"
+        save_checkpoint(torch_model, paths[averaged], class_names=CLASSES)
+    return data, paths
+
+
+def test_averaging_probe_finds_batchnorm_cancels_the_averaging(tiny):
+    why = _script("why_claims_cifar10")
+    data, paths = tiny
+    rows = pd.DataFrame(why.averaging_probe(paths[True], str(data), images=24))
+    logits = rows[rows.measure.str.startswith("max |logit")].set_index("width")["value"]
+    agree = rows[rows.measure.str.startswith("share")].set_index("width")["value"]
+    # at 1.0 the factor is 1 (nothing to cancel); below it, BN's batch statistics absorb it
+    assert logits[1.0] == 0.0
+    assert (logits < 1e-3).all() and (agree == 1.0).all()
+
+
+def test_the_switch_the_probe_flips_does_change_the_network(tiny):
+    """The control for the test above: with fixed (running) BN statistics the
+    same switch changes the logits, so the agreement is BN's doing."""
+    from usspectrum.io.checkpoint import load_checkpoint
+    from usspectrum.nn.layers import SlimConv2d
+
+    _, paths = tiny
+    model = load_checkpoint(paths[True]).eval()
+    model.set_width(0.25)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        on = model(x)
+        for conv in model.modules():
+            if isinstance(conv, SlimConv2d) and conv.average_output:
+                conv.average_output = False
+        off = model(x)
+    assert (on - off).abs().max() > 0.01 * on.abs().max()
+
+
+def test_averaging_probe_refuses_a_model_without_averaging(tiny):
+    why = _script("why_claims_cifar10")
+    data, paths = tiny
+    with pytest.raises(SystemExit, match="not trained with output averaging"):
+        why.averaging_probe(paths[False], str(data), images=24)
