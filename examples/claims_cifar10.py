@@ -9,6 +9,8 @@ OUT/table1.csv (Table 1) and the per-epoch training logs written by
 * OUT/learning-curve.csv: per epoch, the gaps the claims are about, as the
   training logs measured them (2,000 val images, BN calibrated at the
   smallest and largest width only);
+* OUT/wall-time.csv: per model, the epochs its log holds and their summed
+  training time (the log's ``seconds``: one thread, validation excluded);
 * OUT/claims-trend.csv, when OUT/epoch<N>/claims.csv exist (snapshots of
   the same run): each claim's measured value and verdict at every snapshot
   epoch and at the end, side by side.
@@ -171,6 +173,18 @@ def trend(out: Path, final_epoch: int | None = None) -> pd.DataFrame | None:
     return table
 
 
+def wall_time(out: Path) -> pd.DataFrame:
+    """Per model: epochs logged, training hours (sum of the per-epoch
+    ``seconds``) and mean images/s, from OUT/<model>-log.csv."""
+    rows = []
+    for log in sorted(out.glob("*-log.csv")):
+        df = pd.read_csv(log)
+        rows.append({"model": log.name[: -len("-log.csv")], "epochs": int(df["epoch"].max()),
+                     "train_hours": round(float(df["seconds"].sum()) / 3600, 2),
+                     "mean_images_per_s": round(float(df["images_per_s"].mean()), 1)})
+    return pd.DataFrame(rows)
+
+
 def _final_epoch(out: Path) -> int:
     """The epochs every model of the run finished (the smallest last epoch of its logs)."""
     logs = list(out.glob("*-log.csv"))
@@ -197,6 +211,8 @@ def main() -> None:
     table.to_csv(out / "claims.csv", index=False)
     curve = learning_curve(out)
     curve.to_csv(out / "learning-curve.csv", index=False)
+    hours = wall_time(out)
+    hours.to_csv(out / "wall-time.csv", index=False)
     over_epochs = trend(out)
     if over_epochs is not None:
         over_epochs.to_csv(out / "claims-trend.csv", index=False)
@@ -205,6 +221,8 @@ def main() -> None:
         print(f"| {r.claim} | {r.paper} | {r.ours} | {'yes' if r.holds else 'no'} |")
     print()
     print(curve.to_string(index=False))
+    print()
+    print(hours.to_string(index=False))
     if over_epochs is not None:
         print()
         print(over_epochs.to_string(index=False))

@@ -106,3 +106,14 @@ def test_averaging_probe_refuses_a_model_without_averaging(tiny):
     data, paths = tiny
     with pytest.raises(SystemExit, match="not trained with output averaging"):
         why.averaging_probe(paths[False], str(data), images=24)
+
+
+def test_wall_time_sums_each_models_epochs(tmp_path):
+    claims = _script("claims_cifar10")
+    pd.DataFrame({"epoch": [1, 2], "seconds": [3600.0, 1800.0], "images_per_s": [100.0, 300.0]}
+                 ).to_csv(tmp_path / "us-uniform-log.csv", index=False)
+    pd.DataFrame({"epoch": [1], "seconds": [720.0], "images_per_s": [50.0]}
+                 ).to_csv(tmp_path / "individual-log.csv", index=False)
+    table = claims.wall_time(tmp_path).set_index("model")
+    assert table.loc["us-uniform"].tolist() == [2, 1.5, 200.0]
+    assert table.loc["individual"].tolist() == [1, 0.2, 50.0]
