@@ -9,6 +9,8 @@ OUT/table1.csv (Table 1) and the per-epoch training logs written by
 * OUT/learning-curve.csv: per epoch, the gaps the claims are about, as the
   training logs measured them (2,000 val images, BN calibrated at the
   smallest and largest width only);
+* OUT/learning-curve.png/.svg: val top-1 per epoch of every model at 0.25
+  and at 1.0 (from the logs' per-width columns, when they have them);
 * OUT/wall-time.csv: per model, the epochs its log holds and their summed
   training time (the log's ``seconds``: one thread, validation excluded);
 * OUT/claims-trend.csv, when OUT/epoch<N>/claims.csv exist (snapshots of
@@ -173,6 +175,36 @@ def trend(out: Path, final_epoch: int | None = None) -> pd.DataFrame | None:
     return table
 
 
+def plot_learning_curves(out: Path) -> list[Path]:
+    """Val top-1 per epoch at 0.25 and 1.0, one line per model, two panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = {log.name[: -len("-log.csv")]: pd.read_csv(log) for log in sorted(out.glob("*-log.csv"))}
+    logs = {name: df for name, df in logs.items() if {"top1_0.25", "top1_1"} <= set(df.columns)}
+    if not logs:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (column, width) in zip(axes, (("top1_0.25", "0.25"), ("top1_1", "1.0"))):
+        for name, df in logs.items():
+            ax.plot(df["epoch"], df[column], marker=".", linewidth=1.2, label=name)
+        ax.set_title(f"width {width}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val top-1 (%, 2,000 images)")
+    # the individual net collapses at 0.25: the left panel keeps its whole range
+    axes[1].set_ylim(bottom=max(0, min(df["top1_1"].min() for df in logs.values()) - 5))
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    paths = [out / f"learning-curve.{fmt}" for fmt in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
+
+
 def wall_time(out: Path) -> pd.DataFrame:
     """Per model: epochs logged, training hours (sum of the per-epoch
     ``seconds``) and mean images/s, from OUT/<model>-log.csv."""
@@ -211,6 +243,7 @@ def main() -> None:
     table.to_csv(out / "claims.csv", index=False)
     curve = learning_curve(out)
     curve.to_csv(out / "learning-curve.csv", index=False)
+    plot_learning_curves(out)
     hours = wall_time(out)
     hours.to_csv(out / "wall-time.csv", index=False)
     over_epochs = trend(out)

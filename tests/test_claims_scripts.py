@@ -117,3 +117,15 @@ def test_wall_time_sums_each_models_epochs(tmp_path):
     table = claims.wall_time(tmp_path).set_index("model")
     assert table.loc["us-uniform"].tolist() == [2, 1.5, 200.0]
     assert table.loc["individual"].tolist() == [1, 0.2, 50.0]
+
+
+def test_learning_curves_need_the_per_width_columns(tmp_path):
+    claims = _script("claims_cifar10")
+    pd.DataFrame({"epoch": [1, 2], "top1_smallest": [10.0, 20.0], "top1_largest": [30.0, 40.0]}
+                 ).to_csv(tmp_path / "old-log.csv", index=False)
+    assert claims.plot_learning_curves(tmp_path) == []  # a 3-epoch-era log: no figure
+    pd.DataFrame({"epoch": [1, 2], "top1_0.25": [10.0, 20.0], "top1_1": [30.0, 40.0]}
+                 ).to_csv(tmp_path / "us-uniform-log.csv", index=False)
+    paths = claims.plot_learning_curves(tmp_path)
+    assert [p.name for p in paths] == ["learning-curve.png", "learning-curve.svg"]
+    assert all(p.stat().st_size > 1000 for p in paths)
