@@ -91,3 +91,19 @@ def test_a_csv_with_every_width_twice_is_repaired_without_measuring_again(setup)
     fixed = pd.read_csv(out, dtype={"width": str})
     pd.testing.assert_frame_equal(fixed, once)
     assert os.path.getmtime(out) >= t0
+
+
+def test_a_second_training_run_into_the_same_checkpoint_stops(tmp_path):
+    from helpers import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", per_class=2, size=16)
+    out = tmp_path / "m.pt"
+    holder = _holder(out)
+    try:
+        result = run("train", "--kind", "us", "--data", data, "-o", out, "--epochs", "1",
+                     "--batch-size", "4", "--workers", "0", "--quiet")
+        assert_one_line_error(result, "is writing", code=1)
+        assert not out.exists() and not (tmp_path / "m-log.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()

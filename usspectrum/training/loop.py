@@ -22,6 +22,7 @@ from ..errors import USSpectrumError
 from ..io.data import (ImageSpec, SeededSamples, calibration_images, class_names, eval_transform,
                        first_image_size, fitted_count, make_loader, open_split, seeded_subset,
                        train_transform, warn_skipped, without_bad_images)
+from ..io.lock import exclusive_writer
 from ..io.results import RowWriter
 from ..models import create_model
 from ..nn.bn_stats import clear_bn_stats
@@ -74,12 +75,15 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     device = torch.device(local_device(config.device))
     ctx = context(device)
     check_world(ctx, str(device))
-    run = Run(config, open_training_data(config, ctx), device, ctx)
-    start = run.start()
-    end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
-    for epoch in range(start, end):
-        run.end_epoch(epoch, run.train_epoch(epoch))
-    return run.result()
+    data = open_training_data(config, ctx)
+    # a second run into the same checkpoint would interleave epochs and logs
+    with exclusive_writer(out if ctx.is_main else None):
+        run = Run(config, data, device, ctx)
+        start = run.start()
+        end = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+        for epoch in range(start, end):
+            run.end_epoch(epoch, run.train_epoch(epoch))
+        return run.result()
 
 
 def open_training_data(config: TrainConfig, ctx) -> TrainingData:
