@@ -92,14 +92,14 @@ def run_to_run_spread(out: Path) -> list[dict]:
     rows = []
     for column, width in (("top1_smallest", "0.25"), ("top1_largest", "1.0")):
         gap = averaged.loc[epochs, column] - plain.loc[epochs, column]
-        for measure, value in (("epochs the averaged model is ahead", int((gap > 0).sum())),
-                               ("epochs it is behind", int((gap < 0).sum())),
+        n = len(epochs)
+        for measure, value in ((f"epochs the averaged model is ahead (of {n})", int((gap > 0).sum())),
+                               (f"epochs it is behind (of {n})", int((gap < 0).sum())),
                                ("mean |averaged - plain| top-1, points", float(gap.abs().mean())),
                                ("largest |averaged - plain| top-1, points",
                                 float(gap.abs().max()))):
             rows.append({"claim": "output averaging", "model": "per-epoch logs",
-                         "width": width, "measure": f"{measure} (of {len(epochs)})"
-                         if "epochs" in measure else measure, "value": value})
+                         "width": width, "measure": measure, "value": value})
     return rows
 
 

@@ -100,10 +100,10 @@ class RowWriter:
                 bad = values.isna() & (df[column] != "")
                 damaged += int(bad.sum())
                 df = df[~bad]
-        keyed = bool(self.key) and all(c in df.columns for c in self.key)
-        repeated = int(df.duplicated(list(self.key)).sum()) if keyed else 0
-        if repeated:
-            df = df[~df.duplicated(list(self.key))]
+        repeated = 0
+        if self.key and all(c in df.columns for c in self.key):
+            again = df.duplicated(list(self.key))
+            repeated, df = int(again.sum()), df[~again]
         if damaged or repeated:
             text = df.to_csv(index=False) if len(df) else ",".join(header) + "\n"
             atomic_write_bytes(self.path, text.encode())
