@@ -265,6 +265,7 @@ def test_checkpoint_describes_itself(tmp_path):
     (["--kind", "us", "--resume"], "does not exist yet"),
     (["--kind", "us", "--distill-weight", "1.5"], "--distill-weight"),
     (["--kind", "individual", "--average-output"], "US-Nets only"),
+    (["--kind", "us", "--epochs", "5", "--cycles", "2"], "multiple of --cycles"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, args, needle):
     data = make_image_folder(tmp_path / "data", per_class=1, size=16)
@@ -328,3 +329,38 @@ def test_calibration_rescues_a_us_net_away_from_its_average_width(cifar_us):
     assert gain.iloc[0] > 8 and gain.iloc[1] >= 0, (plain.top1, calibrated.top1)
     assert calibrated.top1.tolist() == again.top1.tolist()
     assert calibrated.top5.tolist() == again.top5.tolist()
+
+
+def test_warm_restarts_repeat_the_warm_up_and_decay():
+    from usspectrum.training.config import lr_factor
+    one = [lr_factor(s, 50, 5, "cosine") for s in range(50)]
+    two = [lr_factor(s, 100, 5, "cosine", cycles=2) for s in range(100)]
+    assert two[:50] == one and two[50:] == one
+    assert two[4] == 1.0 and two[49] < 0.01 and two[54] == 1.0
+    assert abs(two[50 + 5 + 22] - 0.5) < 0.05  # cosine halfway through the second decay
+
+
+def test_finished_run_extended_by_a_cycle_equals_the_run_planned_with_two(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=16)
+    opts = dict(kind="us", data=str(data), **{**FAST, "warmup_epochs": 1.0})
+    planned = usspectrum.train(out=str(tmp_path / "planned.pt"), **{**opts, "epochs": 4},
+                               cycles=2)
+    out = str(tmp_path / "extended.pt")
+    first = usspectrum.train(out=out, **opts)  # 2 epochs, one cycle, lr decayed to 0
+    assert first.log.lr.iloc[-1] < 0.2 * planned.log.lr.max()
+    extended = usspectrum.train(out=out, resume=True, cycles=2, **{**opts, "epochs": 4})
+    assert list(extended.log.epoch) == [1, 2, 3, 4]
+    assert extended.log.loss.tolist() == planned.log.loss.tolist()
+    a, b = planned.model.state_dict(), extended.model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert usspectrum.load_checkpoint(out).meta["train"]["recipe"]["cycles"] == 2
+
+
+def test_extension_that_changes_the_cycle_length_is_refused(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4, size=16)
+    opts = dict(kind="individual", data=str(data), out=str(tmp_path / "m.pt"), **FAST)
+    usspectrum.train(**opts)
+    with pytest.raises(UsageError, match="keep 2 epochs per cycle .*--epochs 4 --cycles 2"):
+        usspectrum.train(resume=True, **{**opts, "epochs": 4})
+    with pytest.raises(UsageError, match="--epochs 3 is not a whole number of --cycles 2"):
+        usspectrum.train(resume=True, cycles=2, **{**opts, "epochs": 3})

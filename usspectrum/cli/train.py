@@ -28,7 +28,7 @@ def _tuple_or_none(values):
     _train("epochs"), _train("batch_size"), _train("lr"), _train("momentum"),
     _train("weight_decay"),
     _train("schedule", type=click.Choice(SCHEDULES)),
-    _train("warmup_epochs"), _train("label_smoothing"), _train("num_sample"),
+    _train("warmup_epochs"), _train("cycles"), _train("label_smoothing"), _train("num_sample"),
     _train("width_range", type=float, nargs=2),
     _train("inplace_distill", "--inplace-distill/--no-inplace-distill", show_default=True),
     _train("distill_weight"), _train("distill_ramp"), _train("nonuniform"),

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import UsageError
+from ..io.identity import differences
 from ..models import KINDS, model_defaults
 
 KIND_PREFIX = {"us": "us_", "slimmable": "s_", "individual": ""}
@@ -29,6 +30,7 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata={"help": 'Weight decay, not applied to depthwise convs, BN and biases.'})
     schedule: str = field(default="cosine", metadata={"help": 'Decay after the warm-up: cosine or linear, to 0.'})
     warmup_epochs: float = field(default=1.0, metadata={"help": 'Epochs of linear warm-up.'})
+    cycles: int = field(default=1, metadata={"help": 'Warm restarts: warm-up and decay repeat this many times, each over epochs / cycles epochs. A finished E-epoch run trains on with --resume --epochs 2E --cycles 2.'})
     label_smoothing: float = field(default=0.0, metadata={"help": 'Label smoothing of the cross-entropy with the labels.'})
     num_sample: int = field(default=4, metadata={"help": 'US sandwich size: largest, smallest and n-2 random widths.'})
     width_range: tuple[float, float] | None = field(default=None, metadata={"help": "US: smallest and largest trained width [default: the family's, v1 0.25 1.0, v2 0.35 1.0]."})
@@ -59,12 +61,14 @@ class TrainConfig:
 
     # Fields that change what is trained: a resumed run must agree on them.
     RECIPE = ("kind", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-              "schedule", "warmup_epochs", "label_smoothing", "num_sample", "width_range",
+              "schedule", "warmup_epochs", "cycles", "label_smoothing", "num_sample", "width_range",
               "inplace_distill", "distill_weight", "distill_ramp", "nonuniform",
               "average_output", "switches", "image_size", "stem", "repeats", "flip",
               "train_images", "seed")
     # What checkpoints written before a recipe field existed were trained with.
-    LEGACY = {"distill_weight": 1.0, "distill_ramp": 0.0, "average_output": False}
+    LEGACY = {"distill_weight": 1.0, "distill_ramp": 0.0, "average_output": False, "cycles": 1}
+    # Fields that set only the schedule's length: see :func:`recipe_differences`.
+    LENGTH = ("epochs", "cycles")
 
     def resolved(self) -> "TrainConfig":
         """This config with the model family's default width range and
@@ -104,9 +108,12 @@ class TrainConfig:
             raise UsageError(f"--eval-widths must be widths in (0, 1], got {list(self.eval_widths)}")
         if self.checkpoint_minutes <= 0:
             raise UsageError("--checkpoint-minutes must be > 0")
-        for name in ("epochs", "batch_size", "eval_every", "calib_images"):
+        for name in ("epochs", "cycles", "batch_size", "eval_every", "calib_images"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.cycles >= 1 and self.epochs % self.cycles:
+            raise UsageError(f"--epochs {self.epochs} is not a whole number of --cycles "
+                             f"{self.cycles}; make --epochs a multiple of --cycles")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise UsageError("--lr must be > 0, --weight-decay >= 0, --label-smoothing in [0, 1)")
 
@@ -140,8 +147,32 @@ class TrainConfig:
         return 1.0, 1.0
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up to 1, then cosine or linear decay to 0."""
+def recipe_differences(ours: dict, theirs: dict) -> list[str]:
+    """The recipe fields on which a run with recipe ``theirs`` cannot go on
+    as one with recipe ``ours``. Epochs and cycles may differ while the
+    cycle length agrees: the first cycles of both schedules are then the
+    same steps, so a finished run extends by further warm restarts (or a
+    2-cycle run stops after its first) exactly as if planned that way."""
+    theirs = {**TrainConfig.LEGACY, **theirs}
+    differ = differences(ours, theirs)
+    length = set(TrainConfig.LENGTH)
+    if differ and set(differ) <= length:
+        try:
+            same_cycle = (float(ours["epochs"]) / float(ours["cycles"])
+                          == float(theirs["epochs"]) / float(theirs["cycles"]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            same_cycle = False
+        if same_cycle:
+            return []
+    return differ
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, cycles: int = 1) -> float:
+    """Linear warm-up to 1, then cosine or linear decay to 0; with
+    ``cycles`` > 1 that repeats every ``total / cycles`` steps."""
+    if cycles > 1:
+        length = total // cycles
+        step, total = step % length, length
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)

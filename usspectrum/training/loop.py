@@ -155,7 +155,7 @@ class Run:
         total = self.steps_per_epoch * config.epochs
         warmup = int(round(config.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, total, warmup, config.schedule))
+            self.optimizer, lambda s: lr_factor(s, total, warmup, config.schedule, config.cycles))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.log_writer = on_main(lambda: RowWriter(log_path(self.out), log_columns(config),
                                                     required=("epoch",)), ctx)

@@ -22,9 +22,8 @@ import torch
 
 from ..errors import USSpectrumError, UsageError
 from ..io.checkpoint import read_checkpoint, save_checkpoint
-from ..io.identity import differences
 from ..io.results import RowWriter, atomic_write_bytes, write_table
-from .config import TrainConfig
+from .config import TrainConfig, recipe_differences
 from .steps import SandwichSampler
 
 LOG_COLUMNS = ["epoch", "lr", "loss", "images_per_s", "seconds", "smallest", "top1_smallest",
@@ -112,12 +111,13 @@ class EpochProgress:
             warnings.warn(f"ignoring unreadable {self.path} ({type(exc).__name__}); "
                           f"epoch {epoch + 1} starts again")
             return EpochTally()
-        if state.get("epoch") != epoch or differences(self.config.recipe(),
-                                                      state.get("recipe") or {}):
+        if state.get("epoch") != epoch or recipe_differences(self.config.recipe(),
+                                                             state.get("recipe") or {}):
             return EpochTally()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        _rate_from_schedule(optimizer, scheduler)
         sampler.rng.setstate(_as_rng_state(state["sampler_rng"]))
         torch.set_rng_state(state["torch_rng"])
         batches, images, loss_sum, seconds = state["tally"]
@@ -150,11 +150,15 @@ def restore_epoch(out: Path, config: TrainConfig, model, optimizer, scheduler, d
     ours = config.recipe()
     # fields added since the checkpoint was written: what it was trained with
     theirs = {**TrainConfig.LEGACY, **record["recipe"]}
-    differ = differences(ours, theirs)
+    differ = recipe_differences(ours, theirs)
     if differ:
         detail = ", ".join(f"{k}={theirs.get(k)!r} (now {ours[k]!r})" for k in differ[:4])
-        raise UsageError(f"--resume: {out} was trained with another config: {detail}; "
-                         "use the same options or another --out")
+        fix = "use the same options or another --out"
+        if set(differ) <= set(TrainConfig.LENGTH):
+            cycle = int(theirs["epochs"]) // max(1, int(theirs["cycles"]))
+            fix = (f"to train on with warm restarts keep {cycle} epochs per cycle "
+                   f"(e.g. --epochs {2 * cycle} --cycles 2), or train into another --out")
+        raise UsageError(f"--resume: {out} was trained with another config: {detail}; {fix}")
     saved_classes = list(saved.get("class_names", []))
     if classes and saved_classes and saved_classes != list(classes):
         raise UsageError(f"--resume: {out} was trained on other classes ({len(saved_classes)} "
@@ -164,7 +168,20 @@ def restore_epoch(out: Path, config: TrainConfig, model, optimizer, scheduler, d
     model.to(device)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    _rate_from_schedule(optimizer, scheduler)
     return int(state["epochs_done"])
+
+
+def _rate_from_schedule(optimizer, scheduler) -> None:
+    """Set the learning rate of the next step from this config's schedule:
+    the saved one came from the old schedule, which differs when a finished
+    run is extended by another cycle (its last rate was 0). Unchanged
+    schedules give back the saved rate exactly (the same expression)."""
+    rates = [base * factor(scheduler.last_epoch)
+             for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def truncate_log(writer: RowWriter, epochs_done: int) -> None:
