@@ -175,6 +175,15 @@ def trend(out: Path, final_epoch: int | None = None) -> pd.DataFrame | None:
     return table
 
 
+def warm_restarts(log: pd.DataFrame) -> list[int]:
+    """Epochs that begin a new cycle of the schedule: the logged learning
+    rate (the one after the epoch's last step) rose since the epoch before."""
+    if "lr" not in log.columns:
+        return []
+    rose = log["lr"].diff() > 0
+    return log.loc[rose, "epoch"].astype(int).tolist()
+
+
 def plot_learning_curves(out: Path) -> list[Path]:
     """Val top-1 per epoch at 0.25 and 1.0, one line per model, two panels."""
     import matplotlib
@@ -187,9 +196,12 @@ def plot_learning_curves(out: Path) -> list[Path]:
     if not logs:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    restarts = warm_restarts(next(iter(logs.values())))
     for ax, (column, width) in zip(axes, (("top1_0.25", "0.25"), ("top1_1", "1.0"))):
         for name, df in logs.items():
             ax.plot(df["epoch"], df[column], marker=".", linewidth=1.2, label=name)
+        for epoch in restarts:  # the dip after it is the restart, not a fault
+            ax.axvline(epoch - 0.5, color="0.5", linestyle=":", linewidth=1)
         ax.set_title(f"width {width}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -129,3 +129,12 @@ def test_learning_curves_need_the_per_width_columns(tmp_path):
     paths = claims.plot_learning_curves(tmp_path)
     assert [p.name for p in paths] == ["learning-curve.png", "learning-curve.svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_warm_restarts_are_the_epochs_whose_rate_rose():
+    claims = _script("claims_cifar10")
+    # two 3-epoch cycles as the log records them: the rate after each epoch's last step
+    log = pd.DataFrame({"epoch": [1, 2, 3, 4, 5, 6], "lr": [0.1, 0.05, 0.0, 0.1, 0.05, 0.0]})
+    assert claims.warm_restarts(log) == [4]
+    assert claims.warm_restarts(log.iloc[:3]) == []
+    assert claims.warm_restarts(log.drop(columns="lr")) == []
