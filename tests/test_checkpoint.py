@@ -164,3 +164,50 @@ def test_compact_refuses_other_formats(tmp_path):
     torch.save({"model": {"a": torch.zeros(1)}}, tmp_path / "r.pt")
     with pytest.raises(USSpectrumError, match="not a usspectrum checkpoint"):
         compact_checkpoint(tmp_path / "r.pt", tmp_path / "o.pt")
+
+
+def _unfinished_run(tmp_path):
+    from helpers import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", per_class=4, size=16)
+    out = tmp_path / "run.pt"
+    opts = dict(kind="individual", data=str(data), out=str(out), epochs=2, batch_size=8,
+                image_size=16, val_images=6, calib_images=6, workers=0, progress=False)
+    usspectrum.train(stop_after=1, **opts)
+    return data, out, opts
+
+
+def test_snapshot_of_an_unfinished_run_says_so_when_loaded(tmp_path):
+    import warnings
+
+    data, out, opts = _unfinished_run(tmp_path)
+    with pytest.warns(UserWarning, match=r"unfinished training run \(epoch 1 of 2\)"):
+        load_checkpoint(out)
+    usspectrum.train(resume=True, **opts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_checkpoint(out)
+    assert not [w for w in caught if "unfinished" in str(w.message)]
+
+
+def test_the_cli_prints_that_warning_as_one_line(tmp_path):
+    from click.testing import CliRunner
+    from usspectrum.cli import cli
+
+    data, out, _ = _unfinished_run(tmp_path)
+    result = CliRunner().invoke(cli, ["sweep", str(out), "--data", str(data), "--widths", "1.0",
+                                      "--calib-images", "6", "--workers", "0", "--no-plot",
+                                      "-o", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.output.splitlines() if "unfinished" in l]
+    assert len(lines) == 1 and lines[0].startswith("Warning: ") and "epoch 1 of 2" in lines[0]
+    assert "UserWarning" not in result.output and "warnings.warn" not in result.output
+
+
+def test_training_left_reads_only_complete_records():
+    from usspectrum.io.checkpoint import training_left
+
+    assert training_left({"epochs_done": 3, "recipe": {"epochs": 30}}) == (3, 30)
+    assert training_left({"epochs_done": 30, "recipe": {"epochs": 30}}) is None
+    assert training_left({"recipe": {"epochs": 30}}) is None  # the authors' release: no record
+    assert training_left({}) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ def on_interrupt(message: str) -> None:
     click.get_current_context().meta["usspectrum.on_interrupt"] = message
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    note(f"Warning: {message}")
+
+
 class BadUsage(click.ClickException):
     """A one-line usage error (exit 2) without click's usage banner."""
 
@@ -52,7 +57,10 @@ class Group(click.Group):
             # under torchrun rank 0 prints; the others only report errors
             sys.stdout = open(os.devnull, "w")
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # a library warning is one line for the user, not a source location
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except click.UsageError as exc:  # click's own parsing errors, in one line too
             where = exc.ctx.command_path if exc.ctx else "usspectrum"
             raise BadUsage(f"{exc.format_message()} (see '{where} --help')") from None

@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -141,7 +142,22 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     model.meta["path"] = str(path)
     model.meta["fingerprint"] = fingerprint(path)
     model.meta["num_outputs"] = num_outputs(model)
+    unfinished = training_left(model.meta.get("train", {}))
+    if unfinished:
+        done, planned = unfinished
+        warnings.warn(f"{path} is a snapshot of an unfinished training run (epoch {done} of "
+                      f"{planned}): its numbers are not the trained model's", stacklevel=2)
     return model.to(device).eval()
+
+
+def training_left(record: dict) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) when a checkpoint's training record
+    says its run had epochs left, else None (finished, or no record)."""
+    try:
+        done, planned = int(record["epochs_done"]), int(record["recipe"]["epochs"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (done, planned) if done < planned else None
 
 
 def num_outputs(model: nn.Module) -> int | None:
