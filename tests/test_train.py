@@ -364,3 +364,7 @@ def test_extension_that_changes_the_cycle_length_is_refused(tmp_path):
         usspectrum.train(resume=True, **{**opts, "epochs": 4})
     with pytest.raises(UsageError, match="--epochs 3 is not a whole number of --cycles 2"):
         usspectrum.train(resume=True, cycles=2, **{**opts, "epochs": 3})
+    usspectrum.train(resume=True, cycles=2, **{**opts, "epochs": 4})
+    # the same cycle length, but the 4 epochs done do not fit in a 2-epoch plan
+    with pytest.raises(UsageError, match="has trained 4 epochs, more than --epochs 2"):
+        usspectrum.train(resume=True, **opts)

@@ -159,6 +159,9 @@ def restore_epoch(out: Path, config: TrainConfig, model, optimizer, scheduler, d
             fix = (f"to train on with warm restarts keep {cycle} epochs per cycle "
                    f"(e.g. --epochs {2 * cycle} --cycles 2), or train into another --out")
         raise UsageError(f"--resume: {out} was trained with another config: {detail}; {fix}")
+    if int(state["epochs_done"]) > config.epochs:
+        raise UsageError(f"--resume: {out} has trained {state['epochs_done']} epochs, more than "
+                         f"--epochs {config.epochs}; give --epochs {state['epochs_done']} or more")
     saved_classes = list(saved.get("class_names", []))
     if classes and saved_classes and saved_classes != list(classes):
         raise UsageError(f"--resume: {out} was trained on other classes ({len(saved_classes)} "
