@@ -1,7 +1,6 @@
 """Commands that measure: flops, sweep, compare, slim-stage, plot, calibrate."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import click
@@ -92,12 +91,8 @@ def compare_cmd(checkpoints, data, widths, out, labels, no_plot, reference, as_j
     x = x_column(x_axis, settings)
     settings.allow_extrapolate = True
     on_interrupt(f"finished rows are kept in {out}/; {RESUME_HINT}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot,
-                         x=x, overwrite=overwrite, reference=reference)
-    for w in caught:
-        note(f"Warning: {w.message}")
+    df = run_compare(checkpoints, data, widths, out, settings, labels or None, not no_plot,
+                     x=x, overwrite=overwrite, reference=reference)
     emit(df[DISPLAY], None, as_json)
     note(f"results: {Path(out) / 'compare.csv'}")
 
@@ -135,12 +130,8 @@ def slim_stage_cmd(checkpoint, stages, ratio, data, widths, out, no_plot, as_jso
     if not 0 < ratio <= 1:
         raise UsageError(f"--ratio must be in (0, 1], got {ratio}")
     on_interrupt(f"finished rows are kept in {out}; {RESUME_HINT}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        df = run_slim_stage(checkpoint, data, model_stages, ratio, widths, out, settings,
-                            not no_plot, x=x, overwrite=overwrite)
-    for w in caught:
-        note(f"Warning: {w.message}")
+    df = run_slim_stage(checkpoint, data, model_stages, ratio, widths, out, settings,
+                        not no_plot, x=x, overwrite=overwrite)
     emit(df[DISPLAY], None, as_json)
     note(f"results: {out}")
 

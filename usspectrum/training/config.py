@@ -111,7 +111,7 @@ class TrainConfig:
         for name in ("epochs", "cycles", "batch_size", "eval_every", "calib_images"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.cycles >= 1 and self.epochs % self.cycles:
+        if self.epochs % self.cycles:
             raise UsageError(f"--epochs {self.epochs} is not a whole number of --cycles "
                              f"{self.cycles}; make --epochs a multiple of --cycles")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
