@@ -330,7 +330,7 @@ def test_calibration_rescues_a_us_net_away_from_its_average_width(cifar_us):
     gain = calibrated.top1 - plain.top1
     # at 0.55 the two fit equally well, to an image or two of 500 (0.2 points each):
     # which one wins by that much moves with the machine's arithmetic
-    assert gain.iloc[0] > 8 and gain.iloc[1] >= -0.4, (plain.top1, calibrated.top1)
+    assert gain.iloc[0] > 8 and round(gain.iloc[1], 2) >= -0.4, (plain.top1, calibrated.top1)
     assert calibrated.top1.tolist() == again.top1.tolist()
     assert calibrated.top5.tolist() == again.top5.tolist()
 
