@@ -51,6 +51,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -60,6 +61,7 @@ import pandas as pd
 from usspectrum import SweepSettings, TrainConfig, sweep, train
 from usspectrum.io.checkpoint import compact_checkpoint
 from usspectrum.spectrum.compare import compare, slim_stage
+from usspectrum.errors import UsageError, USSpectrumError
 from usspectrum.io.results import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,4 +279,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USSpectrumError as error:  # a missing --data folder, say: one line, as the CLI prints it
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, UsageError) else 1)
