@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,10 @@ def main() -> None:
         print(curve.to_string(index=False), end="\n\n")
         seconds = run.groupby("model")["seconds"].sum()
         print(seconds.to_string(), end="\n\n")
+    missing = [name for name in ("compare.csv", "slim-stage.csv", "table1.csv") if not (out / name).exists()]
+    if missing:  # one line, not pandas' traceback: the figures have not been made yet
+        sys.exit(f"Error: {out} has no {', '.join(missing)}; make the figures first "
+                 f"(examples/reproduce_cifar10.py, or its --figures-at N for an epoch<N>/ folder)")
     table = claims(out)
     table.to_csv(out / "claims.csv", index=False)
     curve = learning_curve(out)
