@@ -135,6 +135,27 @@ def read_run_log(path: Path) -> pd.DataFrame:
                       "top1_largest": float, "seconds": int})
 
 
+# what a log's top1_smallest / top1_largest measured when it names no widths
+# (reproduce.log's lines): the individual net trains, and was logged, at 1.0 only
+_LOGGED_WIDTHS = {"individual": ("1.0", "1.0")}
+
+
+def _top1_at(log: pd.DataFrame, epoch: int, width: str, name: str) -> float:
+    """Top-1 at ``width`` ("0.25" or "1.0") in one epoch's log row, or NaN
+    where that width was not measured: the individual net's smallest logged
+    width is 1.0, so its top1_smallest is not a top-1 at 0.25."""
+    if epoch not in log.index:
+        return np.nan
+    row = log.loc[epoch]
+    column = {"0.25": "top1_0.25", "1.0": "top1_1"}[width]
+    if column in row.index and pd.notna(row[column]):
+        return float(row[column])
+    end = "smallest" if width == "0.25" else "largest"
+    logged = (row[end] if end in row.index
+              else _LOGGED_WIDTHS.get(name, ("0.25", "1.0"))[end == "largest"])
+    return float(row[f"top1_{end}"]) if float(logged) == float(width) else np.nan
+
+
 def learning_curve(out: Path, run: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per epoch, the claims' gaps: from the per-model logs in ``out``, or from
     ``run`` (``read_run_log``'s table) for a run whose logs are incomplete."""
@@ -151,8 +172,8 @@ def learning_curve(out: Path, run: pd.DataFrame | None = None) -> pd.DataFrame:
     for e in epochs:
         row = {"epoch": e}
         for name, log in logs.items():
-            row[f"{name} 0.25"] = log.loc[e, "top1_smallest"] if e in log.index else np.nan
-            row[f"{name} 1.0"] = log.loc[e, "top1_largest"] if e in log.index else np.nan
+            row[f"{name} 0.25"] = _top1_at(log, e, "0.25", name)
+            row[f"{name} 1.0"] = _top1_at(log, e, "1.0", name)
         row["US - S at 0.25"] = round(row["us-uniform 0.25"] - row["s-net-4switch 0.25"], 2)
         row["US - S at 1.0"] = round(row["us-uniform 1.0"] - row["s-net-4switch 1.0"], 2)
         row["US - individual at 1.0"] = round(row["us-uniform 1.0"] - row["individual 1.0"], 2)

@@ -167,3 +167,32 @@ def test_targets_pass_when_the_files_meet_them(tmp_path):
     failed = [t for t, h, _ in check.checks(tmp_path) if not h]
     # the tracked-.pt budget is the repository's own and may fail on its own
     assert [t for t in failed if not t.startswith("tracked .pt")] == []
+
+
+def test_learning_curve_leaves_widths_a_log_did_not_measure_empty(tmp_path):
+    """The individual net's logs measure it at 1.0 as their 'smallest' width:
+    that top-1 must not appear as its top-1 at 0.25."""
+    claims = _script("claims_cifar10")
+    # an old-style log (no per-width columns) names its widths
+    pd.DataFrame({"epoch": [1], "smallest": [1.0], "top1_smallest": [60.0],
+                  "largest": [1.0], "top1_largest": [60.0]}
+                 ).to_csv(tmp_path / "individual-log.csv", index=False)
+    pd.DataFrame({"epoch": [1], "smallest": [0.25], "top1_smallest": [50.0],
+                  "largest": [1.0], "top1_largest": [55.0]}
+                 ).to_csv(tmp_path / "us-uniform-log.csv", index=False)
+    pd.DataFrame({"epoch": [1], "smallest": [0.25], "top1_smallest": [48.0],
+                  "largest": [1.0], "top1_largest": [56.0]}
+                 ).to_csv(tmp_path / "s-net-4switch-log.csv", index=False)
+    row = claims.learning_curve(tmp_path).iloc[0]
+    assert pd.isna(row["individual 0.25"]) and row["individual 1.0"] == 60.0
+    assert row["us-uniform 0.25"] == 50.0 and row["US - individual at 1.0"] == -5.0
+    # a new-style log measures every net at 0.25 too: that value is used
+    pd.DataFrame({"epoch": [1], "smallest": [1.0], "top1_smallest": [60.0], "largest": [1.0],
+                  "top1_largest": [60.0], "top1_0.25": [12.5], "top1_1": [60.0]}
+                 ).to_csv(tmp_path / "individual-log.csv", index=False)
+    assert claims.learning_curve(tmp_path).iloc[0]["individual 0.25"] == 12.5
+    # reproduce.log's lines name no widths: the individual's are both 1.0
+    run = pd.DataFrame({"model": ["individual", "us-uniform", "s-net-4switch"], "epoch": [1, 1, 1],
+                        "top1_smallest": [60.0, 50.0, 48.0], "top1_largest": [60.0, 55.0, 56.0]})
+    row = claims.learning_curve(tmp_path, run).iloc[0]
+    assert pd.isna(row["individual 0.25"]) and row["us-uniform 0.25"] == 50.0
