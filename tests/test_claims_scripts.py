@@ -59,6 +59,17 @@ def test_stage_losses_are_measured_at_equal_mflops():
     assert claims.stage_losses(df) == pytest.approx({"1": 1.0, "2": 0.0})
 
 
+def test_stage_losses_can_leave_out_points_below_the_trained_range():
+    claims = _script("claims_cifar10")
+    # stage 1 slimmed at base 0.375 runs at 0.225 (< 0.25) and loses 6 points there;
+    # at base 1.0 (0.6 >= 0.25) it loses 1 (uniform at 15 MFLOPs: 85, at 7.5: 76)
+    df = pd.DataFrame({"width": ["0.25", "0.5", "1.0", "0.375@s1x0.6", "1.0@s1x0.6"],
+                       "mflops": [5.0, 10.0, 20.0, 7.5, 15.0],
+                       "top1": [72.0, 80.0, 90.0, 70.0, 84.0]})
+    assert claims.stage_losses(df) == pytest.approx({"1": 3.5})
+    assert claims.stage_losses(df, min_stage_width=0.25) == pytest.approx({"1": 1.0})
+
+
 @pytest.fixture
 def tiny(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=8, size=16)
