@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usspectrum.nn.width import WidthConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SWITCHES = ["0.25", "0.5", "0.75", "1.0"]
 # The paper's numbers (ImageNet top-1 error, %): the facts file; the
@@ -54,18 +56,25 @@ def stage_losses(df: pd.DataFrame, min_stage_width: float = 0.0) -> dict[str, fl
     that width or more (for "0.375@s3x0.6": 0.375 x 0.6 = 0.225), so that
     points outside the trained range (below the sandwich's smallest width)
     can be left out."""
-    widths = df["width"].astype(str)
-    uniform = df[~widths.str.contains("@s")].sort_values("mflops")
+    configs = [WidthConfig.parse(w) for w in df["width"].astype(str)]
+    uniform = df[[c.is_uniform for c in configs]].sort_values("mflops")
+    # the width each point runs its slimmed stage at, per stage
+    stage_widths = [{s: c.width * r for s, r in c.stage_ratios} for c in configs]
     out = {}
-    for stage in sorted({w.split("@s")[1].split("x")[0] for w in widths if "@s" in w}, key=int):
-        rows = df[widths.str.contains(f"@s{stage}x")]
-        base = widths[rows.index].str.split("@").str[0].astype(float)
-        ratio = widths[rows.index].str.split("x").str[-1].astype(float)
-        rows = rows[base * ratio >= min_stage_width - 1e-9]
+    for stage in sorted({s for widths in stage_widths for s in widths}):
+        rows = df[[widths.get(stage, -1.0) >= min_stage_width - 1e-9 for widths in stage_widths]]
         inside = rows[(rows.mflops >= uniform.mflops.min()) & (rows.mflops <= uniform.mflops.max())]
         at_equal = np.interp(inside.mflops, uniform.mflops, uniform.top1)
-        out[stage] = float(np.mean(at_equal - inside.top1)) if len(inside) else float("nan")
+        out[str(stage)] = float(np.mean(at_equal - inside.top1)) if len(inside) else float("nan")
     return out
+
+
+def _worst(losses: dict[str, float]) -> str:
+    return max(losses, key=lambda k: np.nan_to_num(losses[k], nan=-np.inf))
+
+
+def _describe(losses: dict[str, float]) -> str:
+    return ", ".join(f"stage {k}: {v:.2f}" for k, v in losses.items()) + f"; worst: {_worst(losses)}"
 
 
 def claims(out: Path) -> pd.DataFrame:
@@ -111,17 +120,14 @@ def claims(out: Path) -> pd.DataFrame:
 
     slim = pd.read_csv(out / "slim-stage.csv", dtype={"width": str})
     losses = stage_losses(slim)
-    worst = max(losses, key=losses.get)
+    worst = _worst(losses)
     # the same, without the points where the slimmed stage runs below the smallest
     # trained width (0.25): a reader can tell extrapolation from the trained range
     trained = stage_losses(slim, min_stage_width=0.25)
     rows.append({
         "claim": "slimming stage 5 is worst at equal FLOPs",
         "paper": "stage 5 worst (Figure 1)",
-        "ours": ", ".join(f"stage {k}: {v:.2f}" for k, v in losses.items()) + f"; worst: {worst}"
-                + " (slimmed stage >= 0.25 only: "
-                + ", ".join(f"stage {k}: {v:.2f}" for k, v in trained.items())
-                + f"; worst: {max(trained, key=lambda k: np.nan_to_num(trained[k], nan=-np.inf))})",
+        "ours": f"{_describe(losses)} (slimmed stage >= 0.25 only: {_describe(trained)})",
         "holds": worst == "5",
         "criterion": "largest mean top-1 loss against the uniform curve at equal MFLOPs"})
 
