@@ -15,10 +15,10 @@
 # update the README, docs/cifar10-reproduction.md and
 # tests/test_shipped_cifar10.py and commit.
 #
-#   examples/finish_cifar10.sh            # EPOCHS=50 by default
+#   examples/finish_cifar10.sh            # EPOCHS=45 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EPOCHS="${EPOCHS:-50}"
+EPOCHS="${EPOCHS:-45}"
 LONG=examples/results/cifar10-long
 FINAL=examples/results/cifar10
 OLD=examples/results/cifar10-3epoch

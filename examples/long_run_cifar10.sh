@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start or resume the 50-epoch (one cosine cycle) CIFAR-10 reproduction (issue: "A CIFAR-10
+# Start or resume the 45-epoch (one cosine cycle) CIFAR-10 reproduction (issue: "A CIFAR-10
 # reproduction that converges") from a pinned copy of the code, so that work
 # on the package meanwhile cannot change the run. Checkpoints (float32, with
 # optimizer state; mid-epoch progress files every 5 minutes) stay in the
@@ -23,4 +23,4 @@ fi
 export PYTHONPATH="$PWD/runs/pinned"
 exec python runs/pinned/examples/reproduce_cifar10.py --train-only --quiet \
     --data ../shared/data/cifar10 --out examples/results/cifar10-long \
-    --epochs 50 --cycles 1 --snapshot-epochs 10 20 30 "$@"
+    --epochs 45 --cycles 1 --snapshot-epochs 10 20 30 "$@"
