@@ -11,7 +11,7 @@
 #   pkill -f reproduce_cifar10.py        # stop (the next run resumes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIN="${PIN:-37bb868}"  # the commit the third attempt trains with (the first two: ebe96a3/cfa2090)
+PIN="${PIN:-37bb868}"  # the commit every attempt since the third trains with (the first two: ebe96a3/cfa2090)
 mkdir -p runs
 if [ ! -d runs/pinned ]; then
     git worktree add --detach runs/pinned "$PIN"
