@@ -21,6 +21,9 @@ fi
     exit 2
 }
 export PYTHONPATH="$PWD/runs/pinned"
-exec python runs/pinned/examples/reproduce_cifar10.py --train-only --quiet \
+# the order of training (examples/long_run_in_order.py) is copied beside the pin,
+# so that edits to it meanwhile cannot change the run either
+cp examples/long_run_in_order.py runs/long_run_in_order.py
+exec python runs/long_run_in_order.py --train-only --quiet \
     --data ../shared/data/cifar10 --out examples/results/cifar10-long \
-    --epochs 45 --cycles 1 --snapshot-epochs 10 20 30 "$@"
+    --epochs 45 --cycles 1 --snapshot-epochs 10 20 30 --jobs 1 "$@"
