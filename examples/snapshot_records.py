@@ -10,7 +10,10 @@ CSVs that command writes:
 
 * us-uniform, s-net-4switch, individual: ``<name>.csv`` (Figure 2's curve);
 * us-uniform, us-uniform-avg: ``table1-<name>.csv`` (Table 1);
-* us-nonuniform: ``slim-stage.csv`` (Figure 1).
+* us-nonuniform: ``slim-stage.csv`` (Figure 1);
+* us-uniform-avg, us-nonuniform: ``why-<name>.csv``, their rows of
+  ``why_claims_cifar10.py``'s probes (the stage probe's sweep in
+  ``why-stages.csv``).
 
 These CSVs are small and committed at once, so a lost machine cannot take
 them. ``--ship NAME`` makes the finished model's float16 copy,
@@ -18,7 +21,8 @@ OUT/models/NAME.pt, as the pinned ``ship()`` does (committed at once too);
 ``--final --model NAME`` sweeps that copy into OUT/ (the end's records, made
 from the shipped files as the pinned script makes them). ``--assemble --epoch N`` (no model needed, works from the CSVs alone)
 then writes ``compare.csv``/``.png``/``.svg``, the slim-stage plot and
-``table1.csv`` as the pinned ``figures()`` does; ``claims_cifar10.py --out
+``table1.csv`` as the pinned ``figures()`` does, and ``why.csv`` as
+``why_claims_cifar10.py`` does; ``claims_cifar10.py --out
 OUT/epoch<N>`` reads them.
 
     PYTHONPATH=runs/pinned python examples/snapshot_records.py --epoch 10 --model individual
@@ -45,6 +49,17 @@ CALIB_IMAGES = 2000
 FIGURE2 = ("us-uniform", "s-net-4switch", "individual")
 TABLE1 = ("us-uniform", "us-uniform-avg")
 S_NET_SWITCHES = ("0.25", "0.5", "0.75", "1.0")
+WHY = ("us-uniform-avg", "us-nonuniform")  # the models why_claims_cifar10.py probes
+
+
+def _example(name: str):
+    """Another script of examples/, as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shares(name: str) -> list[str]:
@@ -56,6 +71,8 @@ def shares(name: str) -> list[str]:
         files.append(f"table1-{name}.csv")
     if name == "us-nonuniform":
         files.append("slim-stage.csv")
+    if name in WHY:
+        files.append(f"why-{name}.csv")
     if not files:
         raise SystemExit(f"Error: no records come from {name!r}; models: "
                          f"{', '.join(FIGURE2 + TABLE1[1:] + ('us-nonuniform',))}")
@@ -83,6 +100,18 @@ def sweep_share(name: str, folder: Path, data: str, checkpoint: Path | None = No
     if name == "us-nonuniform":
         slim_stage(checkpoint, data, [1, 2, 3, 4, 5], 0.6, STAGE_WIDTHS,
                    folder / "slim-stage.csv", settings)
+    if name in WHY:
+        import torch
+        from usspectrum.io.results import write_table
+
+        why = _example("why_claims_cifar10")
+        torch.manual_seed(0)  # as why_claims_cifar10.py's main()
+        if name == "us-uniform-avg":
+            rows = why.averaging_probe(checkpoint, data)
+        else:
+            rows = (why.stage_probe(checkpoint, data, folder, settings)
+                    + why.feature_spectrum(checkpoint, data))
+        write_table(pd.DataFrame(rows), folder / f"why-{name}.csv")
     return [folder / f for f in shares(name)]
 
 
@@ -114,6 +143,13 @@ def assemble(folder: Path) -> None:
     })
     table["averaging_gain"] = (table["error_plain"] - table["error_averaged"]).round(2)
     write_table(table, folder / "table1.csv")
+    # why.csv's rows in why_claims_cifar10.py's order; the logs' rows need both logs
+    why = _example("why_claims_cifar10")
+    spread = (why.run_to_run_spread(folder) if all(
+        (folder / f"{n}-log.csv").exists() for n in TABLE1) else [])
+    rows = pd.concat([pd.read_csv(folder / "why-us-uniform-avg.csv"), pd.DataFrame(spread),
+                      pd.read_csv(folder / "why-us-nonuniform.csv")], ignore_index=True)
+    write_table(rows, folder / "why.csv")
     print(figure2.pivot(index="width", columns="model", values="top1").to_string())
     print(table.to_string(index=False))
 

@@ -37,13 +37,32 @@ def _shares_of_all(records) -> list[str]:
     return [f for name in names for f in records.shares(name)]
 
 
+def _copy_shares(records, folder: Path, leave_out: str = "") -> None:
+    """The shares of ALL_AT_ONCE: its files, and its why.csv split by model."""
+    why = pd.read_csv(ALL_AT_ONCE / "why.csv")
+    for share in _shares_of_all(records):
+        if share == leave_out:
+            continue
+        if share.startswith("why-"):
+            name = share[len("why-"):-len(".csv")]
+            why[why.model == name].to_csv(folder / share, index=False)
+        else:
+            shutil.copy(ALL_AT_ONCE / share, folder / share)
+    for name in records.TABLE1:
+        shutil.copy(ALL_AT_ONCE / f"{name}-log.csv", folder / f"{name}-log.csv")
+
+
 def test_every_share_is_a_file_the_all_at_once_run_wrote(records):
     shares = _shares_of_all(records)
     assert sorted(shares) == sorted(["us-uniform.csv", "s-net-4switch.csv", "individual.csv",
                                      "table1-us-uniform.csv", "table1-us-uniform-avg.csv",
-                                     "slim-stage.csv"])
+                                     "slim-stage.csv", "why-us-uniform-avg.csv",
+                                     "why-us-nonuniform.csv"])
     for share in shares:
-        assert (ALL_AT_ONCE / share).exists(), share
+        assert share.startswith("why-") or (ALL_AT_ONCE / share).exists(), share
+    # the why shares are why.csv's rows of each probed model
+    assert set(pd.read_csv(ALL_AT_ONCE / "why.csv").model) == {
+        "us-uniform-avg", "us-nonuniform", "per-epoch logs"}
 
 
 def test_an_unknown_model_has_no_share(records):
@@ -54,10 +73,9 @@ def test_an_unknown_model_has_no_share(records):
 def test_assembled_shares_equal_the_records_made_all_at_once(records, tmp_path):
     folder = tmp_path / "epoch20"
     folder.mkdir()
-    for share in _shares_of_all(records):
-        shutil.copy(ALL_AT_ONCE / share, folder / share)
+    _copy_shares(records, folder)
     records.assemble(folder)
-    for table in ("compare.csv", "table1.csv"):
+    for table in ("compare.csv", "table1.csv", "why.csv"):
         ours = pd.read_csv(folder / table)
         theirs = pd.read_csv(ALL_AT_ONCE / table)
         assert list(ours.columns) == list(theirs.columns)
@@ -67,9 +85,7 @@ def test_assembled_shares_equal_the_records_made_all_at_once(records, tmp_path):
 
 
 def test_assembling_names_the_missing_share(records, tmp_path):
-    for share in _shares_of_all(records):
-        if share != "slim-stage.csv":
-            shutil.copy(ALL_AT_ONCE / share, tmp_path / share)
+    _copy_shares(records, tmp_path, leave_out="slim-stage.csv")
     with pytest.raises(SystemExit, match="lacks slim-stage.csv"):
         records.assemble(tmp_path)
 
@@ -91,10 +107,16 @@ def test_one_model_at_a_time_measures_what_all_at_once_does(records, tmp_path, m
                                         repeats=(1, 1, 1, 1, 1), **kw)
         save_checkpoint(model, snapshot / f"{name}.pt", class_names=CLASSES)
     for name in builders:
-        records.sweep_share(name, snapshot, str(data))
+        if name not in records.WHY:
+            records.sweep_share(name, snapshot, str(data))
+    monkeypatch.setattr(records, "WHY", ())  # the probes need trained models: tested apart
+    records.sweep_share("us-uniform-avg", snapshot, str(data))
     # what the shares would have been checked against: the slim-stage share
     # comes from a nonuniform US-Net, not among these tiny models
     shutil.copy(ALL_AT_ONCE / "slim-stage.csv", snapshot / "slim-stage.csv")
+    why = pd.read_csv(ALL_AT_ONCE / "why.csv")
+    for name in ("us-uniform-avg", "us-nonuniform"):
+        why[why.model == name].to_csv(snapshot / f"why-{name}.csv", index=False)
     records.assemble(snapshot)
 
     at_once = tmp_path / "at-once"
