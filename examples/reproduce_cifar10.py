@@ -20,14 +20,19 @@ checkpoints with the machine at epochs 57-59, after about 24 hours. One
 gives the old schedule.)
 
 Training runs one epoch per job, ``--jobs`` jobs at a time (each its own
-one-thread process; two beat one two-thread process by about 10% on 2
-cores), the model furthest behind first, so the per-epoch logs
+one-thread process when more than one; ``--jobs 1`` gives the one process
+every core), the model furthest behind first, so the per-epoch logs
 (``<name>-log.csv``: loss, images/s, val top-1 on 2,000 images at 0.25, 0.5,
 0.75 and 1.0, calibrated on 1,000 augmented training images) grow together.
 Progress is saved every ``--checkpoint-minutes`` inside an epoch
 (``<name>.pt.partial.pt``) and after it (``<name>.pt``); rerunning the same
 command resumes every model where it stopped, bit for bit. After the epochs
-of ``--snapshot-epochs`` each model is copied to OUT/epoch<N>/.
+of ``--snapshot-epochs`` each model is copied to OUT/epoch<N>/. (On the
+first attempts' machines two one-thread jobs beat one two-thread job by
+about 10%; on the seventh's, one two-thread job trained the individual net
+at 370.4 images/s against 179.47 for each of two one-thread jobs. The long
+run, ``long_run_cifar10.sh``, trains one model at a time with ``--jobs 1``;
+see ``long_run_in_order.py``.)
 
 Then, every width BN-calibrated on 2,000 training images and evaluated on
 all 10,000 validation images:

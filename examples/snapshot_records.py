@@ -19,7 +19,9 @@ These CSVs are small and committed at once, so a lost machine cannot take
 them. ``--ship NAME`` makes the finished model's float16 copy,
 OUT/models/NAME.pt, as the pinned ``ship()`` does (committed at once too);
 ``--final --model NAME`` sweeps that copy into OUT/ (the end's records, made
-from the shipped files as the pinned script makes them). ``--assemble --epoch N`` (no model needed, works from the CSVs alone)
+from the shipped files as the pinned script makes them); for us-uniform also
+its float32 checkpoint, while it is on disk, into ``precision-float32.csv``
+(what shipping in float16 costs: ``precision-check.csv``). ``--assemble --epoch N`` (no model needed, works from the CSVs alone)
 then writes ``compare.csv``/``.png``/``.svg``, the slim-stage plot and
 ``table1.csv`` as the pinned ``figures()`` does, and ``why.csv`` as
 ``why_claims_cifar10.py`` does; ``claims_cifar10.py --out
@@ -100,6 +102,12 @@ def sweep_share(name: str, folder: Path, data: str, checkpoint: Path | None = No
     if name == "us-nonuniform":
         slim_stage(checkpoint, data, [1, 2, 3, 4, 5], 0.6, STAGE_WIDTHS,
                    folder / "slim-stage.csv", settings)
+    if name == "us-uniform" and checkpoint.parent.name == "models":
+        trained = folder / f"{name}.pt"  # the float32 training checkpoint
+        if trained.exists():
+            sweep(trained, data, TABLE1_WIDTHS, folder / "precision-float32.csv", settings)
+        else:
+            print(f"{trained} is gone: no precision check (it needs the float32 checkpoint)")
     if name in WHY:
         import torch
         from usspectrum.io.results import write_table
@@ -150,6 +158,14 @@ def assemble(folder: Path) -> None:
     rows = pd.concat([pd.read_csv(folder / "why-us-uniform-avg.csv"), pd.DataFrame(spread),
                       pd.read_csv(folder / "why-us-nonuniform.csv")], ignore_index=True)
     write_table(rows, folder / "why.csv")
+    if (folder / "precision-float32.csv").exists():  # the end's records only
+        full = pd.read_csv(folder / "precision-float32.csv")
+        half = figure2[figure2.model == "us-uniform"].assign(
+            width=lambda d: d.width.astype(float)).set_index("width")
+        check = pd.DataFrame({"width": full["width"], "top1_float32": full["top1"].values,
+                              "top1_float16": half.loc[full["width"].astype(float), "top1"].values})
+        check["difference"] = (check["top1_float16"] - check["top1_float32"]).round(2)
+        write_table(check, folder / "precision-check.csv")
     print(figure2.pivot(index="width", columns="model", values="top1").to_string())
     print(table.to_string(index=False))
 

@@ -134,3 +134,17 @@ def test_one_model_at_a_time_measures_what_all_at_once_does(records, tmp_path, m
     pd.testing.assert_frame_equal(pd.read_csv(snapshot / "table1.csv"),
                                   pd.read_csv(at_once / "table1.csv"), check_exact=True)
     assert len(table) == 4
+
+
+def test_the_ends_precision_check_is_assembled_as_the_pinned_script_wrote_it(records, tmp_path):
+    """The shipped 3-epoch folder was made all at once, precision check
+    included; its shares, assembled, give the same tables."""
+    shipped = ROOT / "examples" / "results" / "cifar10"
+    _copy_shares(records, tmp_path)  # the why shares (the 3-epoch folder has none)
+    for share in _shares_of_all(records) + ["precision-float32.csv"]:
+        if not share.startswith("why-"):
+            shutil.copy(shipped / share, tmp_path / share)
+    records.assemble(tmp_path)
+    for table in ("compare.csv", "table1.csv", "precision-check.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / table),
+                                      pd.read_csv(shipped / table), check_exact=True)
