@@ -43,7 +43,6 @@ def main() -> None:
         return waiting[:free]
 
     pinned.next_jobs = in_order
-    sys.argv = [sys.argv[0]] + sys.argv[1:]
     pinned.main()
 
 
