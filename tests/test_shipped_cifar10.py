@@ -14,7 +14,7 @@ from conftest import require_cifar
 RESULTS = Path(__file__).resolve().parents[1] / "examples" / "results" / "cifar10"
 MODELS = RESULTS / "models"
 SHIPPED = {"us-uniform": "us", "us-nonuniform": "us", "s-net-4switch": "slimmable",
-           "individual": "individual", "epoch2/us-uniform": "us", "epoch2/us-uniform-avg": "us"}
+           "individual": "individual"}
 # what examples/reproduce_cifar10.py evaluated with
 SETTINGS = SweepSettings(calib_images=2000, eval_images=None, calibration="always", progress=False)
 
